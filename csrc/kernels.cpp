@@ -1,0 +1,33 @@
+#include "kernels.h"
+
+#include "common/cpu.h"
+#include "spmm/spmm_kernels.h"
+#include "spmv/spmv_kernels.h"
+
+namespace sparseprune {
+
+const std::vector<KernelInfo>& all_kernels() {
+  static const std::vector<KernelInfo> table = {
+#define SP_KERNEL(isa, name, fn, format, mr, nr) \
+  {name, "spmm", format, isa, mr, nr, reinterpret_cast<void*>(&fn)},
+#include "spmm/spmm_kernels.inc"
+#undef SP_KERNEL
+#define SP_KERNEL(isa, name, fn, format, mr, nr) \
+  {name, "spmv", format, isa, mr, nr, reinterpret_cast<void*>(&fn)},
+#include "spmv/spmv_kernels.inc"
+#undef SP_KERNEL
+  };
+  return table;
+}
+
+const KernelInfo* find_kernel(const std::string& name) {
+  for (const KernelInfo& k : all_kernels())
+    if (name == k.name) return &k;
+  return nullptr;
+}
+
+bool cpu_supports(const KernelInfo& k) { return (cpu_isa_mask() & k.isa) != 0; }
+
+bool isa_allowed(const KernelInfo& k) { return (active_isa_mask() & k.isa) != 0; }
+
+}  // namespace sparseprune

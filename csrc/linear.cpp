@@ -1,0 +1,171 @@
+#include "linear.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common/thread_pool.h"
+
+namespace sparseprune {
+namespace {
+
+// Below this many multiply-adds a second thread costs more (wake-up, ~10 us) than it saves.
+constexpr int64_t kMinWorkPerThread = 1 << 16;
+// Per-row cost in "nonzeros" used when balancing rows across threads (loop setup, stores).
+constexpr int64_t kRowCost = 4;
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// A per-calling-thread scratch buffer for activation panels, grown on demand, 64-byte aligned
+// (a misaligned panel costs up to 1.7x in the prototype).
+float* panel_scratch(size_t floats) {
+  thread_local std::unique_ptr<float, AlignedFree> buf;
+  thread_local size_t cap = 0;
+  if (floats > cap) {
+    const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
+    buf.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    cap = buf ? bytes / sizeof(float) : 0;
+  }
+  return buf.get();
+}
+
+struct Item {
+  int64_t b0;      // first batch row
+  int64_t nvalid;  // batch rows
+  int mr;          // panel width, 0 for spmv rows
+  SpmmFn mm;
+  float* panel;
+};
+
+void pack_panel(const float* x, int64_t ldx, int64_t nvalid, int64_t K, int mr, float* panel) {
+  // Walk k in blocks so each of the nvalid source rows streams sequentially.
+  constexpr int64_t kKb = 64;
+  for (int64_t k0 = 0; k0 < K; k0 += kKb) {
+    const int64_t k1 = std::min(K, k0 + kKb);
+    for (int64_t r = 0; r < nvalid; ++r) {
+      const float* src = x + r * ldx;
+      for (int64_t k = k0; k < k1; ++k) panel[k * mr + r] = src[k];
+    }
+    for (int64_t r = nvalid; r < mr; ++r)
+      for (int64_t k = k0; k < k1; ++k) panel[k * mr + r] = 0.f;
+  }
+}
+
+std::vector<Item> plan_items(int64_t batch, const LinearKernels& k) {
+  std::vector<Item> items;
+  int64_t b = 0;
+  if (k.spmm_big != nullptr) {
+    const bool panels_only = k.spmv == nullptr;
+    if (panels_only || batch >= kMinPanelRows) {
+      for (; batch - b >= k.mr_big; b += k.mr_big) items.push_back({b, k.mr_big, k.mr_big, k.spmm_big, nullptr});
+      SpmmFn small = k.spmm_small ? k.spmm_small : k.spmm_big;
+      const int mr_small = k.spmm_small ? k.mr_small : k.mr_big;
+      while (batch - b >= kMinPanelRows || (panels_only && batch > b)) {
+        const int64_t n = std::min<int64_t>(mr_small, batch - b);
+        items.push_back({b, n, mr_small, small, nullptr});
+        b += n;
+      }
+    }
+  }
+  if (b < batch) items.push_back({b, batch - b, 0, nullptr, nullptr});
+  return items;
+}
+
+}  // namespace
+
+const LinearKernels& default_linear_kernels() {
+  static const LinearKernels chosen = [] {
+    LinearKernels k;
+    for (const KernelInfo& info : all_kernels()) {
+      if (!cpu_supports(info) || !isa_allowed(info)) continue;
+      if (std::strcmp(info.family, "spmv") == 0) {
+        if (k.spmv == nullptr) k.spmv = reinterpret_cast<SpmvFn>(info.fn);
+      } else if (std::strcmp(info.family, "spmm") == 0) {
+        // Table rows are ordered by preference: the first runnable row is the big panel, the
+        // first runnable row with a narrower panel is the small one.
+        if (k.spmm_big == nullptr) {
+          k.spmm_big = reinterpret_cast<SpmmFn>(info.fn);
+          k.mr_big = info.mr;
+        } else if (k.spmm_small == nullptr && info.mr < k.mr_big) {
+          k.spmm_small = reinterpret_cast<SpmmFn>(info.fn);
+          k.mr_small = info.mr;
+        }
+      }
+    }
+    return k;
+  }();
+  return chosen;
+}
+
+LinearKernels single_kernel(const KernelInfo& info) {
+  LinearKernels k;
+  if (std::strcmp(info.family, "spmv") == 0) {
+    k.spmv = reinterpret_cast<SpmvFn>(info.fn);
+  } else {
+    k.spmm_big = reinterpret_cast<SpmmFn>(info.fn);
+    k.mr_big = info.mr;
+  }
+  return k;
+}
+
+void csr_linear(const CsrMatrix& w, const float* x, int64_t batch, int64_t ldx, const float* bias,
+                float* y, int64_t ldy, int nthreads, const LinearKernels& k) {
+  if (batch <= 0 || w.rows <= 0) return;
+  std::vector<Item> items = plan_items(batch, k);
+
+  size_t panel_floats = 0;
+  for (const Item& it : items) panel_floats += static_cast<size_t>(it.mr) * w.cols;
+  float* scratch = panel_floats ? panel_scratch(panel_floats) : nullptr;
+  size_t off = 0;
+  for (Item& it : items) {
+    if (it.mr == 0) continue;
+    it.panel = scratch + off;
+    // mr is a multiple of 8 floats, so every panel stays 32-byte aligned (one ymm load each).
+    off += static_cast<size_t>(it.mr) * w.cols;
+  }
+
+  const int64_t nnz = w.row_ptr[w.rows];
+  const int64_t work = (nnz + kRowCost * w.rows) * batch;
+  int64_t t = std::max<int64_t>(1, std::min<int64_t>({nthreads, w.rows, work / kMinWorkPerThread}));
+  const int nt = static_cast<int>(t);
+
+  // Row bounds with equal shares of nonzeros (+ a per-row cost): pruned rows are uneven.
+  std::vector<int64_t> bounds(nt + 1, w.rows);
+  bounds[0] = 0;
+  const int64_t total = nnz + kRowCost * w.rows;
+  for (int i = 1; i < nt; ++i) {
+    const int64_t target = total * i / nt;
+    int64_t lo = bounds[i - 1], hi = w.rows;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (w.row_ptr[mid] + kRowCost * mid < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[i] = lo;
+  }
+
+  const int nitems = static_cast<int>(items.size());
+  parallel_run(nt, [&](int tid) {
+    for (int i = tid; i < nitems; i += nt) {
+      const Item& it = items[i];
+      if (it.mr) pack_panel(x + it.b0 * ldx, ldx, it.nvalid, w.cols, it.mr, it.panel);
+    }
+  });
+  parallel_run(nt, [&](int tid) {
+    const int64_t r0 = bounds[tid], r1 = bounds[tid + 1];
+    if (r0 >= r1) return;
+    for (const Item& it : items) {
+      if (it.mr) {
+        it.mm(w, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, r0, r1);
+      } else {
+        for (int64_t b = it.b0; b < it.b0 + it.nvalid; ++b)
+          k.spmv(w, x + b * ldx, bias, y + b * ldy, r0, r1);
+      }
+    }
+  });
+}
+
+}  // namespace sparseprune

@@ -1,0 +1,27 @@
+"""sparseprune: prune PyTorch models and run them faster on CPUs with native sparse kernels."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import show_config
+from .convert import ConvertReport, LayerReport, convert, register_converter
+from .formats import CSR
+from .nn import SparseLinear
+from .ops import get_num_threads, set_num_threads
+
+try:
+    __version__ = version("sparseprune")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "CSR",
+    "ConvertReport",
+    "LayerReport",
+    "SparseLinear",
+    "__version__",
+    "convert",
+    "get_num_threads",
+    "register_converter",
+    "set_num_threads",
+    "show_config",
+]

@@ -1,0 +1,112 @@
+"""Command line: ``sparseprune demo``, ``sparseprune bench``, ``sparseprune config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        try:
+            n, k = item.lower().split("x")
+            out.append((int(n), int(k)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad shape {item!r}: expected OUTxIN, e.g. 4096x4096") from None
+    return out
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import benchmark
+
+    if args.quick:
+        shapes, sparsities, batches = [(4096, 4096)], [0.9], [1, 64]
+        min_time, rounds, colds = 0.15, 3, [False]
+    else:
+        shapes, sparsities, batches = args.shapes, args.sparsity, args.batch
+        min_time, rounds = args.min_time, args.rounds
+        colds = [False, True] if args.cold else [False]
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise SystemExit(f"sparseprune bench: sparsity must be in [0, 1), got {s}")
+    cases = [benchmark.Case(n, k, s, b, cold=cold and b == 1, threads=t)
+             for (n, k) in shapes for s in sparsities for b in batches for t in args.threads
+             for cold in colds if not (cold and b != 1)]
+    methods = args.methods.split(",") if args.methods else list(benchmark.METHODS)
+    t0 = time.perf_counter()
+    results = benchmark.run_cases(cases, methods, min_time=min_time, rounds=rounds,
+                                  progress=not args.no_progress)
+    print(benchmark.format_table(results))
+    print(f"\n{len(cases)} cases in {time.perf_counter() - t0:.0f} s; effective GFLOP/s = "
+          "2 * batch * nnz / time (dense: 2 * batch * n * k / time)")
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(quick=args.quick)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from . import show_config
+
+    show_config()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparseprune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="prune a model, convert it and compare latency")
+    demo.add_argument("--quick", action="store_true", help="smaller model, shorter timings")
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="time sparse Linear kernels against torch and scipy")
+    bench.add_argument("--quick", action="store_true", help="one shape, 90 %%, batch 1 and 64")
+    bench.add_argument("--shapes", type=_shapes, default=_shapes("4096x4096,768x3072"),
+                       help="OUTxIN list (default: 4096x4096,768x3072)")
+    bench.add_argument("--sparsity", type=_floats, default=[0.5, 0.7, 0.9, 0.95])
+    bench.add_argument("--batch", type=_ints, default=[1, 8, 64])
+    bench.add_argument("--threads", type=_ints, default=[1])
+    bench.add_argument("--no-cold", dest="cold", action="store_false",
+                       help="skip the cold (weights cycled past L3) batch-1 runs")
+    bench.add_argument("--methods", default="", help="comma list (default: all)")
+    bench.add_argument("--min-time", type=float, default=0.5, help="seconds per method per case")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    bench.add_argument("--json", default="", help="also write results to this JSON file")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=_cmd_bench)
+
+    config = sub.add_parser("config", help="show ISAs, kernel variants and threads")
+    config.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Modules that run packed sparse weights with sparseprune's kernels."""
+
+from .linear import SparseLinear
+
+__all__ = ["SparseLinear"]

@@ -1,0 +1,142 @@
+"""The one bridge to the native extension ``sparseprune._C``.
+
+Everything else in the package calls these functions; nothing else imports ``_C``. Tensors cross
+the boundary as zero-copy NumPy views of contiguous float32 CPU tensors, and outputs are allocated
+here with ``torch.empty`` and filled in place by the kernel (which releases the GIL).
+
+``csr_linear`` is also registered as the ``torch.library`` custom op ``sparseprune::csr_linear``
+(with a fake implementation), so ``torch.compile`` and ``torch.export`` can trace through
+``SparseLinear`` without graph breaks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C
+
+__all__ = [
+    "csr_linear",
+    "validate_csr",
+    "list_kernels",
+    "cpu_info",
+    "set_num_threads",
+    "get_num_threads",
+    "native_version",
+    "is_tracing",
+]
+
+_num_threads_override: int | None = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Sets the kernels' thread count; ``None`` follows ``torch.get_num_threads()`` again.
+
+    Args:
+        n: a positive thread count, or None to follow torch again.
+    """
+    global _num_threads_override
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"set_num_threads expects a positive int or None, got {n!r}")
+    _num_threads_override = n
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use: the ``set_num_threads`` value, else ``torch.get_num_threads()``."""
+    if _num_threads_override is not None:
+        return _num_threads_override
+    return max(1, torch.get_num_threads())
+
+
+def list_kernels() -> list[dict]:
+    """Every compiled kernel variant: name, family, format, isa, mr, nr, supported, default."""
+    return _C.list_kernels()
+
+
+def cpu_info() -> dict:
+    """ISAs detected on this CPU (``detected``) and allowed by ``SPARSEPRUNE_ISA`` (``active``)."""
+    return _C.cpu_info()
+
+
+def native_version() -> str:
+    """The version string compiled into the extension."""
+    return _C.__version__
+
+
+def validate_csr(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
+                 cols: int) -> str:
+    """Full O(rows + nnz) structural check of CSR data; returns '' when valid, else the problem.
+
+    Args:
+        row_ptr: [rows + 1] int64, contiguous.
+        col_idx: [nnz] uint16 (cols <= 65536) or int32, contiguous.
+        values: [nnz] float32, contiguous.
+        cols: number of columns (input features).
+    """
+    return _C.validate_csr(row_ptr.numpy(), col_idx.numpy(), values.numpy(), int(cols))
+
+
+def _csr_linear_impl(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                     values: torch.Tensor, bias: torch.Tensor | None, cols: int,
+                     kernel: str) -> torch.Tensor:
+    y = torch.empty((x.shape[0], row_ptr.shape[0] - 1), dtype=torch.float32)
+    _C.csr_linear(row_ptr.numpy(), col_idx.numpy(), values.numpy(), cols, x.numpy(),
+                  None if bias is None else bias.numpy(), y.numpy(), get_num_threads(), kernel)
+    return y
+
+
+def csr_linear(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+               values: torch.Tensor, bias: torch.Tensor | None, cols: int,
+               kernel: str = "") -> torch.Tensor:
+    """y = x Wᵀ + bias with W [rows, cols] in CSR.
+
+    The caller (``SparseLinear``) has validated the CSR data once; this checks only cheap things
+    (dtypes, contiguity, sizes) in the extension before the kernel runs.
+
+    Args:
+        x: [B, cols] float32, contiguous, CPU.
+        row_ptr: [rows + 1] int64. col_idx: [nnz] uint16 or int32. values: [nnz] float32.
+        bias: [rows] float32 or None.
+        cols: input features.
+        kernel: '' for the automatic choice, else a variant name from ``list_kernels()`` that
+            then handles every batch row (tests and benchmarks use this).
+
+    Returns:
+        [B, rows] float32.
+    """
+    if kernel or not is_tracing():
+        # Eager calls skip the custom-op dispatcher: it costs ~30 us a call, more than a small
+        # layer's whole kernel.
+        return _csr_linear_impl(x, row_ptr, col_idx, values, bias, cols, kernel)
+    return _csr_linear_op(x, row_ptr, col_idx, values, bias, cols)
+
+
+def is_tracing() -> bool:
+    """True under ``torch.compile`` / ``torch.export`` tracing (the custom op must be used)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None:
+        return False
+    exporting = getattr(compiler, "is_exporting", lambda: False)
+    return bool(compiler.is_compiling() or exporting())
+
+
+def _register_custom_op():
+    """Wraps the automatic-choice path as a torch.library custom op where torch supports it."""
+    custom_op = getattr(torch.library, "custom_op", None)  # torch >= 2.4
+    if custom_op is None:
+        return lambda x, row_ptr, col_idx, values, bias, cols: _csr_linear_impl(
+            x, row_ptr, col_idx, values, bias, cols, "")
+
+    @custom_op("sparseprune::csr_linear", mutates_args=(), device_types="cpu")
+    def op(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
+           bias: torch.Tensor | None, cols: int) -> torch.Tensor:
+        return _csr_linear_impl(x, row_ptr, col_idx, values, bias, cols, "")
+
+    @op.register_fake
+    def _(x, row_ptr, col_idx, values, bias, cols):
+        return x.new_empty((x.shape[0], row_ptr.shape[0] - 1))
+
+    return op
+
+
+_csr_linear_op = _register_custom_op()

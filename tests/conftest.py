@@ -1,0 +1,34 @@
+"""Shared fixtures: deterministic seeds and the dense reference for linear layers."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def reference_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x Wᵀ + b in float64 (the ground truth kernels are compared with)."""
+    y = x.double() @ w.double().T
+    return y if b is None else y + b.double()
+
+
+def assert_close_linear(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+                        b: torch.Tensor | None) -> None:
+    """fp32 error bound scaled by K: |y - ref| <= 1e-5 sqrt(K) (|x| |W|ᵀ + |b|) + 1e-6."""
+    ref = reference_linear(x, w, b)
+    k = max(1, x.shape[-1])
+    scale = x.double().abs() @ w.double().abs().T
+    if b is not None:
+        scale = scale + b.double().abs()
+    bound = 1e-5 * k**0.5 * scale + 1e-6
+    assert y.shape == ref.shape, (y.shape, ref.shape)
+    assert y.dtype == torch.float32
+    finite = torch.isfinite(ref)
+    err = (y.double() - ref).abs()
+    bad = finite & (err > bound)
+    assert not bad.any(), f"max excess error {(err - bound)[finite].max().item():.3e}"
+    # Non-finite references must be matched exactly in kind (NaN / +Inf / -Inf).
+    assert torch.equal(torch.isnan(y[~finite]), torch.isnan(ref[~finite]))

@@ -1,0 +1,162 @@
+"""SparseLinear: construction, forward semantics, errors and state_dict round trips."""
+
+import io
+
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+from torch import nn
+
+from sparseprune import SparseLinear
+
+from ..conftest import assert_close_linear
+
+
+def _pruned_linear(k=96, n=80, sparsity=0.9, bias=True):
+    lin = nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(n, k) >= sparsity)
+    return lin
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (0,), (4, 0, 2)])
+def test_forward_matches_linear_on_any_leading_dims(bias, lead):
+    lin = _pruned_linear(bias=bias)
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(*lead, 96)
+    y = sp(x)
+    assert y.shape == (*lead, 80)
+    assert_close_linear(y.reshape(-1, 80), x.reshape(-1, 96), lin.weight.detach(),
+                        None if lin.bias is None else lin.bias.detach())
+
+
+def test_prune_mask_is_honoured():
+    lin = nn.Linear(50, 40)
+    prune.l1_unstructured(lin, "weight", amount=0.8)
+    sp = SparseLinear.from_dense(lin)
+    assert sp.weight.nnz == int(lin.weight_mask.sum())
+    x = torch.randn(7, 50)
+    assert_close_linear(sp(x), x, lin.weight.detach(), lin.bias.detach())
+
+
+def test_to_dense_returns_an_equal_linear():
+    lin = _pruned_linear()
+    back = SparseLinear.from_dense(lin).to_dense()
+    assert isinstance(back, nn.Linear)
+    assert torch.equal(back.weight, lin.weight) and torch.equal(back.bias, lin.bias)
+
+
+def test_non_contiguous_input():
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(96, 6).T  # [6, 96], not contiguous
+    assert not x.is_contiguous()
+    assert_close_linear(sp(x), x, lin.weight.detach(), lin.bias.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_compute_in_float32(dtype):
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(4, 96).to(dtype)
+    y = sp(x)
+    assert y.dtype == dtype
+    ref = sp(x.float()).to(dtype)
+    assert torch.equal(y, ref)
+
+
+def test_nan_and_inf_propagate_like_torch():
+    lin = nn.Linear(4, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]]))
+        lin.bias.zero_()
+    sp = SparseLinear.from_dense(lin)
+    x = torch.tensor([[float("nan"), 1.0, 1.0, 2.0],
+                      [1.0, float("inf"), 1.0, 2.0],
+                      [1.0, 3.0, 1.0, 2.0]])
+    y = sp(x)
+    ref = lin(x).detach()
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.isnan(y[0]).all() and torch.isnan(y[1]).any()
+    assert torch.equal(y[2], ref[2])
+
+
+def test_bad_inputs_get_clear_errors():
+    sp = SparseLinear.from_dense(_pruned_linear(), name="encoder.fc")
+    with pytest.raises(ValueError, match=r"'encoder.fc' \[80x96\].*\(3, 95\).*96"):
+        sp(torch.randn(3, 95))
+    with pytest.raises(TypeError, match="floating point input"):
+        sp(torch.ones(3, 96, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="CPU only"):
+        sp(torch.empty(3, 96, device="meta"))
+    with pytest.raises(ValueError, match="does not end in"):
+        sp(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="expected nn.Linear"):
+        SparseLinear.from_dense(nn.Conv2d(3, 3, 1))
+
+
+def test_requires_grad_falls_back_to_a_correct_dense_path():
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(5, 96, requires_grad=True)
+    sp(x).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    lin(x2).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+
+
+def test_state_dict_round_trip_through_a_file():
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin)
+    buf = io.BytesIO()
+    torch.save(sp.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = SparseLinear(96, 80)
+    fresh.load_state_dict(state)
+    x = torch.randn(9, 96)
+    assert torch.equal(fresh(x), sp(x))
+    assert fresh.weight.nnz == sp.weight.nnz
+
+
+def test_state_dict_stores_only_packed_data():
+    sp = SparseLinear.from_dense(_pruned_linear())
+    assert set(sp.state_dict()) == {"row_ptr", "col_idx", "values", "format_header", "bias"}
+
+
+def test_corrupt_state_dict_is_rejected_before_any_kernel_runs():
+    sp = SparseLinear.from_dense(_pruned_linear())
+    state = sp.state_dict()
+    state["col_idx"] = state["col_idx"].clone()
+    state["col_idx"][0] = 5000
+    fresh = SparseLinear(96, 80)
+    with pytest.raises(ValueError, match="out of range"):
+        fresh.load_state_dict(state)
+    state = sp.state_dict()
+    with pytest.raises(ValueError, match=r"holds a \[80x96\] weight"):
+        SparseLinear(96, 81).load_state_dict(state)
+    state["format_header"] = state["format_header"].clone()
+    state["format_header"][0] = 7
+    with pytest.raises(ValueError, match="not a sparseprune CSR weight"):
+        SparseLinear(96, 80).load_state_dict(state)
+
+
+def test_extra_repr_shows_shape_sparsity_and_format():
+    text = repr(SparseLinear.from_dense(_pruned_linear(sparsity=0.75)))
+    assert "in_features=96, out_features=80" in text
+    assert "format=csr[uint16]" in text and "sparsity=0.7" in text
+
+
+def test_default_construction_is_all_zero_weight():
+    sp = SparseLinear(5, 4)
+    assert sp.weight.nnz == 0
+    assert torch.equal(sp(torch.randn(2, 5)), torch.zeros(2, 4))
+
+
+def test_torch_export_traces_through_the_custom_op():
+    sp = SparseLinear.from_dense(_pruned_linear()).eval()
+    x = torch.randn(4, 96)
+    exported = torch.export.export(sp, (x,))
+    assert "sparseprune.csr_linear" in str(exported.graph)
+    assert torch.equal(exported.module()(x), sp(x))

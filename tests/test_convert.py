@@ -1,0 +1,72 @@
+"""convert(): which layers are replaced, the report, and numerical equality."""
+
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+from torch import nn
+
+from sparseprune import SparseLinear, convert
+
+
+def _mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                          nn.Linear(64, 10))
+    for layer in (model[0], model[2]):
+        prune.l1_unstructured(layer, "weight", amount=0.9)
+    return model
+
+
+def test_converts_sparse_layers_and_keeps_outputs():
+    model = _mlp()
+    x = torch.randn(8, 32)
+    sparse, report = convert(model)
+    assert isinstance(sparse[0], SparseLinear) and isinstance(sparse[2], SparseLinear)
+    assert isinstance(sparse[4], nn.Linear)
+    assert [r.name for r in report.converted] == ["0", "2"]
+    assert report.skipped[0].name == "4" and "min_sparsity" in report.skipped[0].reason
+    assert torch.allclose(sparse(x), model(x), atol=1e-5)
+    assert "2 converted, 1 skipped" in str(report)
+
+
+def test_copy_by_default_inplace_on_request():
+    model = _mlp()
+    convert(model)
+    assert isinstance(model[0], nn.Linear)
+    out, _ = convert(model, inplace=True)
+    assert out is model and isinstance(model[0], SparseLinear)
+
+
+def test_include_exclude_and_wildcards():
+    model = _mlp()
+    _, report = convert(model, exclude=["2"])
+    assert [r.name for r in report.converted] == ["0"]
+    _, report = convert(model, include=["[02]"], min_sparsity=0.0)
+    assert [r.name for r in report.converted] == ["0", "2"]
+    assert report.layers[-1].reason == "not in include"
+
+
+def test_patterns_that_match_nothing_are_errors():
+    with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['fc9'\] match no"):
+        convert(_mlp(), exclude=["fc9"])
+    with pytest.raises(ValueError, match="include"):
+        convert(_mlp(), include=["nope.*"])
+
+
+def test_root_linear_is_replaced():
+    lin = nn.Linear(10, 10)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand(10, 10) > 0.8)
+    out, report = convert(lin)
+    assert isinstance(out, SparseLinear) and report.converted[0].name == ""
+
+
+def test_min_sparsity_validated():
+    with pytest.raises(ValueError, match="min_sparsity"):
+        convert(_mlp(), min_sparsity=1.5)
+
+
+def test_layer_names_reach_error_messages():
+    sparse, _ = convert(_mlp())
+    with pytest.raises(ValueError, match="'2'"):
+        sparse[2](torch.randn(3, 63))
