@@ -7,6 +7,7 @@ from .convert import ConvertReport, LayerReport, convert, register_converter
 from .formats import CSR
 from .nn import SparseLinear
 from .ops import get_num_threads, set_num_threads
+from .pruning import Protect, Pruner, PruneReport, prune, remove, summary
 
 try:
     __version__ = version("sparseprune")
@@ -17,11 +18,17 @@ __all__ = [
     "CSR",
     "ConvertReport",
     "LayerReport",
+    "Protect",
+    "PruneReport",
+    "Pruner",
     "SparseLinear",
     "__version__",
     "convert",
     "get_num_threads",
+    "prune",
     "register_converter",
+    "remove",
     "set_num_threads",
     "show_config",
+    "summary",
 ]

@@ -1,0 +1,113 @@
+"""The record of one pruning round: what each layer was asked for, what it got, and why."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["LayerReport", "PruneReport"]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One pruned (or deliberately spared) tensor after a round.
+
+    Attributes:
+        name: qualified module name.
+        param: parameter name.
+        type: module class name.
+        shape: parameter shape.
+        numel: number of elements.
+        target: the rate this tensor was asked for (the pool's target for pooled tensors, whose
+            own share may differ under a global scope).
+        pruned: masked-out elements after the round.
+        reason: ``"pool"``, ``"layer_sparsity"``, ``"protected (...)"`` or ``"skipped: ..."``.
+    """
+
+    name: str
+    param: str
+    type: str
+    shape: tuple[int, ...]
+    numel: int
+    target: float
+    pruned: int
+    reason: str
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """Returned by :func:`sparseprune.prune` and :meth:`sparseprune.Pruner.step`.
+
+    Attributes:
+        sparsity: the target of the round (for the pool).
+        pattern: pattern label, e.g. ``"2:4"``.
+        criterion: criterion name.
+        scope: ``"global"`` or ``"layer"``.
+        step: the schedule round, or None for a one-off :func:`prune`.
+        layers: one entry per target tensor, in model order.
+    """
+
+    sparsity: float
+    pattern: str
+    criterion: str
+    scope: str
+    step: int | None
+    layers: tuple[LayerReport, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(r.numel for r in self.layers)
+
+    @property
+    def pruned(self) -> int:
+        return sum(r.pruned for r in self.layers)
+
+    @property
+    def total_sparsity(self) -> float:
+        """Pruned / total over all target tensors, protected and skipped ones included."""
+        return self.pruned / self.numel if self.numel else 0.0
+
+    @property
+    def pool_sparsity(self) -> float:
+        """Pruned / total over the pooled tensors only (what the global threshold controls)."""
+        pool = [r for r in self.layers if r.reason == "pool"]
+        total = sum(r.numel for r in pool)
+        return sum(r.pruned for r in pool) / total if total else 0.0
+
+    @property
+    def protected(self) -> list[str]:
+        """Names of the layers spared by the :class:`Protect` defaults."""
+        return [r.name for r in self.layers if r.reason.startswith("protected")]
+
+    @property
+    def skipped(self) -> list[str]:
+        """Names of the layers left dense because the pattern does not tile them."""
+        return [r.name for r in self.layers if r.reason.startswith("skipped")]
+
+    def to_dicts(self) -> list[dict[str, object]]:
+        """One plain dict per layer (with its ``sparsity``), for programs and JSON."""
+        return [{**asdict(r), "shape": list(r.shape), "sparsity": r.sparsity} for r in self.layers]
+
+    def __str__(self) -> str:
+        head = ("layer", "type", "shape", "target", "sparsity", "reason")
+        rows = [
+            (f"{r.name}.{r.param}" if r.name else r.param, r.type, "x".join(map(str, r.shape)),
+             f"{r.target:.3f}", f"{r.sparsity:.3f}", r.reason)
+            for r in self.layers
+        ]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        step = "" if self.step is None else f" step {self.step}"
+        lines = [f"prune{step}: {self.pattern}, {self.criterion}, {self.scope} scope, target "
+                 f"{self.sparsity:.3f}", fmt.format(*head)]
+        lines += [fmt.format(*row) for row in rows]
+        lines.append(f"total sparsity {self.total_sparsity:.4f} ({self.pruned}/{self.numel}), "
+                     f"pool {self.pool_sparsity:.4f}")
+        if self.protected:
+            lines.append(f"protected: {', '.join(n or '<model>' for n in self.protected)}")
+        if self.skipped:
+            lines.append(f"skipped: {', '.join(n or '<model>' for n in self.skipped)}")
+        return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,19 @@
+"""The README's "Use" example runs as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_use_example_runs(tmp_path, monkeypatch, capsys):
+    section = README.read_text().split("\n## Use\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)  # the example saves sparse.pt
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "2 converted" in out and "kernels" in out
+    assert namespace["y"].shape == (64, 10)
+    assert (tmp_path / "sparse.pt").exists()
