@@ -11,12 +11,16 @@ here with ``torch.empty`` and filled in place by the kernel (which releases the 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import _C
 
 __all__ = [
     "csr_linear",
+    "csr_linear_eager",
+    "csr_linear_arrays",
+    "weight_arrays",
     "validate_csr",
     "list_kernels",
     "cpu_info",
@@ -76,13 +80,43 @@ def validate_csr(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Ten
     return _C.validate_csr(row_ptr.numpy(), col_idx.numpy(), values.numpy(), int(cols))
 
 
+def csr_linear_eager(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
+                     values: torch.Tensor, bias: torch.Tensor | None, cols: int,
+                     kernel: str = "") -> tuple[torch.Tensor, bool]:
+    """``csr_linear`` without the custom-op wrapper, also returning whether x held NaN/Inf.
+
+    The flag comes from a scan inside the extension, so callers can match dense semantics for
+    non-finite inputs without a second pass over x in Python. Not traceable.
+    """
+    arrays = weight_arrays(row_ptr, col_idx, values, bias)
+    return csr_linear_arrays(x, arrays, row_ptr.shape[0] - 1, cols, kernel)
+
+
+def csr_linear_arrays(x: torch.Tensor, arrays: tuple, rows: int, cols: int,
+                      kernel: str = "") -> tuple[torch.Tensor, bool]:
+    """``csr_linear_eager`` on NumPy views made once by ``weight_arrays``.
+
+    ``SparseLinear`` caches the views: converting four tensors costs several microseconds a
+    call, more than a small layer's kernel. The output is allocated by NumPy and wrapped without
+    a copy (cheaper than ``torch.empty`` + ``.numpy()``).
+    """
+    y = np.empty((x.shape[0], rows), dtype=np.float32)
+    rp, ci, v, b = arrays
+    nonfinite = _C.csr_linear(rp, ci, v, cols, x.numpy(), b, y, get_num_threads(), kernel)
+    return torch.from_numpy(y), nonfinite
+
+
+def weight_arrays(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
+                  bias: torch.Tensor | None) -> tuple:
+    """Zero-copy NumPy views of packed CSR buffers (and bias), as the extension takes them."""
+    return (row_ptr.numpy(), col_idx.numpy(), values.numpy(),
+            None if bias is None else bias.numpy())
+
+
 def _csr_linear_impl(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
                      values: torch.Tensor, bias: torch.Tensor | None, cols: int,
                      kernel: str) -> torch.Tensor:
-    y = torch.empty((x.shape[0], row_ptr.shape[0] - 1), dtype=torch.float32)
-    _C.csr_linear(row_ptr.numpy(), col_idx.numpy(), values.numpy(), cols, x.numpy(),
-                  None if bias is None else bias.numpy(), y.numpy(), get_num_threads(), kernel)
-    return y
+    return csr_linear_eager(x, row_ptr, col_idx, values, bias, cols, kernel)[0]
 
 
 def csr_linear(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,

@@ -1,4 +1,4 @@
-"""The README's "Use" example runs as written."""
+"""The README's "Use" and "Structured pruning" examples run as written."""
 
 import re
 from pathlib import Path
@@ -17,3 +17,16 @@ def test_use_example_runs(tmp_path, monkeypatch, capsys):
     assert "2 converted" in out and "kernels" in out
     assert namespace["y"].shape == (64, 10)
     assert (tmp_path / "sparse.pt").exists()
+
+
+def test_structured_example_runs(capsys):
+    section = README.read_text().split("\n## Structured pruning\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "before:" in out and "after:" in out
+    small, model = namespace["small"], namespace["model"]
+    assert namespace["count_macs"](small, namespace["x"]) < 0.55 * namespace["count_macs"](
+        model, namespace["x"])

@@ -1,0 +1,84 @@
+"""Structured pruning speedups: ResNet-18- and MobileNetV2-shaped models, fp32, on this CPU.
+
+For every model, amount (0/30/50/70 % of channels, round_to=16), batch (1, 32) and thread count
+(1, 2), the pruned model is timed against the unpruned one in the same memory layout, runs
+interleaved (A, B, A, B, ...) so drift hits both alike; the report gives the median-based speedup
+beside the MAC reduction. Prints a Markdown table.
+
+    PYTHONPATH=. python bench/structured_report.py                  # full table (minutes)
+    PYTHONPATH=. python bench/structured_report.py --quick          # smoke run, small inputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sparseprune.structured import count_macs, plan
+from tests.structured.models import MobileNetV2, ResNet18, randomize_bn
+
+MODELS = {
+    "resnet18": lambda: ResNet18(width=64, classes=1000),
+    "mobilenetv2": lambda: MobileNetV2(classes=1000, table=MobileNetV2.FULL),
+}
+
+
+def interleaved(a, b, x, rounds: int) -> tuple[float, float]:
+    """Median seconds per call of ``a(x)`` and ``b(x)``, alternating calls."""
+    ta, tb = [], []
+    with torch.no_grad():
+        a(x), b(x)  # warm-up
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            a(x)
+            t1 = time.perf_counter()
+            b(x)
+            t2 = time.perf_counter()
+            ta.append(t1 - t0)
+            tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="64x64 inputs, batch 1, 1 thread")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--layout", choices=["contiguous", "channels_last"], default="channels_last")
+    args = ap.parse_args()
+    size = 64 if args.quick else 224
+    batches = (1,) if args.quick else (1, 32)
+    threads = (1,) if args.quick else (1, 2)
+    amounts = (0.0, 0.3, 0.5, 0.7)
+    fmt = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+    print(f"fp32, {size}x{size}, layout {args.layout}, median of {args.rounds} interleaved runs, "
+          f"torch {torch.__version__}")
+    print("| model | removed | MACs (G) | MAC reduction | batch | threads | dense ms | pruned ms "
+          "| speedup | speedup / MAC reduction |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, factory in MODELS.items():
+        torch.manual_seed(0)
+        model = randomize_bn(factory()).eval()
+        x1 = torch.randn(1, 3, size, size)
+        macs0 = count_macs(model, x1)
+        graph = plan(model, x1, amount=0.0).graph
+        dense = model.to(memory_format=fmt)
+        for amount in amounts:
+            small = plan(model, x1, amount=amount, graph=graph).apply()
+            small = small.to(memory_format=fmt).eval()
+            red = macs0 / count_macs(small, x1)
+            for batch in batches:
+                x = torch.randn(batch, 3, size, size).to(memory_format=fmt)
+                for nt in threads:
+                    torch.set_num_threads(nt)
+                    td, tp = interleaved(dense, small, x, args.rounds)
+                    sp = td / tp
+                    print(f"| {name} | {amount:.0%} | {macs0 / red / 1e9:.3f} | {red:.2f}x | "
+                          f"{batch} | {nt} | {td * 1e3:.2f} | {tp * 1e3:.2f} | {sp:.2f}x | "
+                          f"{sp / red:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Trace a model with ``torch.fx`` and build its channel dependency graph.
+
+``DependencyGraph.build(model, example_inputs)`` runs the traced graph once on the example inputs
+(in eval mode, without gradients) and, node by node, labels every channel-carrying tensor
+dimension with atoms (see ``labels.py``). The op rules in ``rules.py`` say how labels flow and
+which atoms must be removed together. The result lists:
+
+- *attachments*: ``(parameter or buffer, dim) -> atom per index``: the slices to cut;
+- *attributes*: ``(module, attribute) -> atoms``: e.g. ``out_channels`` becomes the kept count;
+- *groups*: sets of coupled units (classes of atoms) produced by the same layers;
+- *unprunable*: every op that pinned channels, with node, module and reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .labels import FIXED, AtomTable
+
+__all__ = [
+    "Attachment",
+    "DependencyGraph",
+    "Group",
+    "StructuredTraceError",
+    "Unprunable",
+    "trace",
+]
+
+
+class StructuredTraceError(RuntimeError):
+    """The model cannot be traced by ``torch.fx`` (data-dependent control flow, etc.)."""
+
+
+@dataclass(frozen=True)
+class Unprunable:
+    """An op that pinned channels: they are kept, never cut."""
+
+    node: str
+    module: str | None
+    why: str
+    channels: int
+
+    def __str__(self) -> str:
+        where = f"{self.node} ({self.module})" if self.module else self.node
+        return f"{where}: {self.why} [{self.channels} channel(s) kept]"
+
+
+@dataclass
+class Attachment:
+    """Index ``i`` of ``tensor`` along ``dim`` belongs to atom ``atoms[i]``.
+
+    ``kind`` is one of ``weight`` (conv/linear/embedding weights and free parameters), ``bias``,
+    ``norm`` (affine weight of a normalisation) or ``stat`` (running statistics).
+    """
+
+    tensor: str
+    dim: int
+    atoms: np.ndarray
+    kind: str
+
+
+@dataclass
+class Group:
+    """Units (channels, or whole heads) produced by coupled layers; widths are decided per group.
+
+    ``classes``: root atom id of each unit, int64 ``[n]``. ``unit_channels``: channels one unit
+    stands for in the narrowest producing layer (1 for plain channels, head_dim for heads).
+    """
+
+    index: int
+    classes: np.ndarray
+    producers: list[str]
+    unit_channels: int
+    fixed_units: int = 0
+
+    @property
+    def name(self) -> str:
+        extra = f" (+{len(self.producers) - 1} coupled)" if len(self.producers) > 1 else ""
+        return f"{self.producers[0]}{extra}"
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class _CostItem:
+    base: float
+    dims: list[np.ndarray]  # atoms along each dim whose width scales the cost
+    module: str | None = None
+
+
+@dataclass
+class DependencyGraph:
+    """Everything the planner and the surgery need to know about a traced model."""
+
+    model: nn.Module
+    example_inputs: tuple
+    atoms: AtomTable = field(default_factory=AtomTable)
+    attachments: dict[tuple[str, int], Attachment] = field(default_factory=dict)
+    attrs: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    producers: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    macs_items: list[_CostItem] = field(default_factory=list)
+    unprunable: list[Unprunable] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    layer_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _param_atoms: set[int] = field(default_factory=set, repr=False)
+    roots: np.ndarray | None = field(default=None, repr=False)  # atom id -> class, once final
+
+    # ---- building blocks used by the op rules -------------------------------------------------
+
+    def new_block(self, n: int, owner: str, *, param: bool = False) -> np.ndarray:
+        """Fresh atoms for ``n`` channels produced by ``owner`` (``param``: a dim of a free
+        parameter such as a position embedding, not a layer's output)."""
+        atoms = self.atoms.new(n)
+        self.producers.append((owner, atoms))
+        if param:
+            self._param_atoms.update(atoms.tolist())
+        return atoms
+
+    def attach(self, tensor: str, dim: int, atoms: np.ndarray, kind: str) -> None:
+        """Tie index ``i`` of ``tensor`` along ``dim`` to ``atoms[i]``; shared weights unify."""
+        atoms = np.asarray(atoms, dtype=np.int64)
+        key = (tensor, dim)
+        old = self.attachments.get(key)
+        if old is None:
+            self.attachments[key] = Attachment(tensor, dim, atoms, kind)
+        else:
+            self.atoms.union_arrays(old.atoms, atoms)
+
+    def set_attr(self, module: str, attr: str, atoms: np.ndarray) -> None:
+        """After pruning, ``module.attr`` becomes the number of kept entries of ``atoms``."""
+        key = (module, attr)
+        atoms = np.asarray(atoms, dtype=np.int64)
+        old = self.attrs.get(key)
+        if old is None:
+            self.attrs[key] = atoms
+        elif old.shape == atoms.shape:
+            self.atoms.union_arrays(old, atoms)
+        else:
+            self.fix(np.concatenate([old, atoms]), module, module, f"{attr} used with two widths")
+
+    def fix(self, atoms: np.ndarray | None, node: str, module: str | None, why: str) -> None:
+        """Pin ``atoms`` (their channels are kept) and record why."""
+        if atoms is None or np.size(atoms) == 0:
+            return
+        roots = np.unique(self.atoms.roots(np.unique(atoms)))
+        free = roots[roots != FIXED]
+        if free.size == 0:
+            return
+        for r in free:
+            self.atoms.union(r, FIXED)
+        # Dims of free parameters that never met a channel (a position embedding's token dim)
+        # are not channels: pin them silently.
+        lone = [r for r in free if r in self._param_atoms]
+        if len(lone) < free.size:
+            self.unprunable.append(Unprunable(node, module, why, int(free.size - len(lone))))
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.atoms.union_arrays(a, b)
+
+    def add_macs(self, base: float, dims: Sequence[np.ndarray | None], module: str | None) -> None:
+        self.macs_items.append(_CostItem(float(base), [d for d in dims if d is not None], module))
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The parameter or buffer called ``name`` in the traced model."""
+        mod_name, _, attr = name.rpartition(".")
+        return getattr(self.model.get_submodule(mod_name), attr)
+
+    def finalize(self) -> None:
+        """Group coupled units once tracing is done."""
+        roots = self.atoms.all_roots()
+        self.roots = roots
+        parent: dict[int, int] = {}
+
+        def find(x: int) -> int:
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        owners: dict[int, list[str]] = {}
+        for owner, atoms in self.producers:
+            r = np.unique(roots[atoms])
+            r = r[r != FIXED]
+            if r.size == 0:
+                continue
+            base = find(int(r[0]))
+            for x in r[1:]:
+                rx = find(int(x))
+                if rx != base:
+                    parent[rx] = base
+            owners.setdefault(int(r[0]), []).append(owner)
+        members: dict[int, list[int]] = {}
+        for x in parent:
+            members.setdefault(find(x), []).append(x)
+        group_owners: dict[int, list[str]] = {}
+        for first, names in owners.items():
+            group_owners.setdefault(find(first), []).extend(names)
+        unit: dict[int, int] = {}
+        for _owner, atoms in self.producers:
+            r = roots[atoms]
+            r = r[r != FIXED]
+            if r.size == 0:
+                continue
+            g = find(int(r[0]))
+            per = r.size // np.unique(r).size
+            unit[g] = min(unit.get(g, per), per)
+        self.groups = []
+        for i, (g, classes) in enumerate(sorted(members.items(), key=lambda kv: min(kv[1]))):
+            self.groups.append(
+                Group(
+                    index=i,
+                    classes=np.array(sorted(classes), dtype=np.int64),
+                    producers=list(dict.fromkeys(group_owners.get(g, ["<parameter>"]))),
+                    unit_channels=max(1, unit.get(g, 1)),
+                )
+            )
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        example_inputs: tuple | torch.Tensor,
+        *,
+        protect_output: bool = True,
+        leaf_modules: Sequence[type] = (),
+    ) -> DependencyGraph:
+        return trace(
+            model, example_inputs, protect_output=protect_output, leaf_modules=leaf_modules
+        )
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_modules: Sequence[type]) -> None:
+        super().__init__()
+        self._extra_leaves = tuple(leaf_modules)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self._extra_leaves and isinstance(m, self._extra_leaves):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def symbolic_trace(model: nn.Module, leaf_modules: Sequence[type] = ()) -> fx.GraphModule:
+    """``torch.fx`` trace of ``model`` with clear errors for untraceable code."""
+    tracer = _Tracer(leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, AttributeError, ...
+        raise StructuredTraceError(
+            f"torch.fx could not trace {type(model).__name__}.forward: {type(exc).__name__}: "
+            f"{exc}. Structured pruning needs a traceable forward; move data-dependent control "
+            "flow into a submodule and pass its type in leaf_modules=(...) (its channels will "
+            "be kept)."
+        ) from exc
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: tuple | torch.Tensor,
+    *,
+    protect_output: bool = True,
+    leaf_modules: Sequence[type] = (),
+) -> DependencyGraph:
+    """Trace ``model`` on ``example_inputs`` and return its dependency graph.
+
+    Args:
+        model: the model; left unchanged (it runs once in eval mode, without gradients).
+        example_inputs: a tensor or a tuple of positional inputs, e.g. ``[1, 3, 224, 224]``.
+        protect_output: pin every channel dimension of the outputs (the output shape is kept).
+        leaf_modules: module types not to trace into; their channels are kept.
+    """
+    from .rules import LabelInterpreter  # rules import this module's classes
+
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    gm = symbolic_trace(model, leaf_modules)
+    graph = DependencyGraph(model=model, example_inputs=example_inputs)
+    was_training = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        gm.eval()
+        with torch.no_grad():
+            LabelInterpreter(gm, graph, protect_output=protect_output).run(*example_inputs)
+    finally:
+        for m, t in zip(model.modules(), was_training, strict=True):
+            m.training = t
+    graph.finalize()
+    return graph

@@ -1,0 +1,80 @@
+"""Save and load pruned models as a plain state_dict plus a small width config.
+
+No module is pickled and no pruning history is replayed: ``load_pruned(factory, path)`` builds a
+fresh model with ``factory()``, sets the recorded width attributes, resizes the tensors whose
+shapes changed and loads the state_dict. The file loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .rules import HEAD_ATTRS
+
+__all__ = ["WIDTH_ATTRS", "load_pruned", "save_pruned", "width_config"]
+
+FORMAT = "sparseprune.structured/1"
+
+# Module attributes that describe widths; recorded when they are ints.
+WIDTH_ATTRS = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+    "num_groups", "num_channels", "num_parameters", "embedding_dim", *HEAD_ATTRS,
+)
+
+
+def width_config(model: nn.Module) -> dict:
+    """``{"attrs": {module: {attr: int}}, "shapes": {tensor: [sizes]}}`` of ``model``."""
+    attrs = {}
+    for name, mod in model.named_modules():
+        found = {a: getattr(mod, a) for a in WIDTH_ATTRS
+                 if isinstance(getattr(mod, a, None), int) and not isinstance(getattr(mod, a),
+                                                                             bool)}
+        if found:
+            attrs[name] = found
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return {"attrs": attrs, "shapes": shapes}
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model``'s state_dict and width config to ``path`` (one ``torch.save`` file)."""
+    torch.save({"format": FORMAT, "widths": width_config(model),
+                "state_dict": model.state_dict()}, path)
+
+
+def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn.Module:
+    """Rebuild a pruned model: ``factory()`` makes the unpruned architecture.
+
+    Raises:
+        ValueError: the file is not a pruned-model file, or does not fit ``factory()``'s model.
+    """
+    data = torch.load(path, weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a sparseprune structured model file (format "
+                         f"{data.get('format') if isinstance(data, dict) else type(data)})")
+    model = factory()
+    mods = dict(model.named_modules())
+    for name, attrs in data["widths"]["attrs"].items():
+        if name not in mods:
+            raise ValueError(f"{path}: module {name!r} not in {type(model).__name__}")
+        for attr, value in attrs.items():
+            setattr(mods[name], attr, value)
+    sd = data["state_dict"]
+    for key, shape in data["widths"]["shapes"].items():
+        mod_name, _, attr = key.rpartition(".")
+        mod = mods.get(mod_name)
+        old = getattr(mod, attr, None) if mod is not None else None
+        if not isinstance(old, torch.Tensor):
+            raise ValueError(f"{path}: tensor {key!r} not in {type(model).__name__}")
+        if list(old.shape) == list(shape):
+            continue
+        new = torch.empty(shape, dtype=sd[key].dtype)
+        if isinstance(old, nn.Parameter):
+            setattr(mod, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            mod._buffers[attr] = new
+    model.load_state_dict(sd, strict=True)
+    return model

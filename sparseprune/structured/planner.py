@@ -1,0 +1,333 @@
+"""Decide the width of every group under a budget, before cutting anything.
+
+``plan(model, example_inputs, amount=0.5)`` traces the model, scores every unit, and picks how many
+units each group keeps so that the budget holds: a fraction of channels removed (``amount``), or
+a MAC / parameter / latency budget. Every group keeps a floor (``min_ratio`` of its width and at
+least ``min_channels``) and widths round to multiples of ``round_to`` (to the nearest, then units
+are added back greedily while the budget still holds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .budget import CostModel
+from .graph import DependencyGraph, Group, trace
+from .importance import Importance, get_importance
+
+__all__ = ["Plan", "PlanConfig", "plan"]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """What to prune and how; exactly one of ``amount``, ``macs``, ``params``, ``latency``.
+
+    Attributes:
+        amount: fraction of prunable channels to remove, in [0, 1).
+        macs: MAC budget: a fraction of the model's MACs (<= 1) or an absolute count (> 1).
+        params: parameter budget: a fraction (<= 1) or an absolute count (> 1).
+        latency: measured latency budget as a fraction of the unpruned model's, in (0, 1].
+        importance: a name in ``IMPORTANCE`` ("l1", "l2", "bn", "taylor", "random") or a callable
+            ``(graph, group) -> scores``.
+        scope: "local" (every group loses the same fraction) or "global" (units compete across
+            groups by importance normalised per group).
+        round_to: widths become multiples of this (1 disables rounding).
+        min_channels: no group keeps fewer channels than this.
+        min_ratio: no group keeps less than this fraction of its width.
+        protect_output: never change the model's output shape.
+        leaf_modules: module types not traced into (their channels are kept).
+    """
+
+    amount: float | None = None
+    macs: float | None = None
+    params: float | None = None
+    latency: float | None = None
+    importance: str | Importance = "l2"
+    scope: str = "local"
+    round_to: int = 16
+    min_channels: int = 16
+    min_ratio: float = 1 / 8
+    protect_output: bool = True
+    leaf_modules: tuple[type, ...] = ()
+
+    def __post_init__(self) -> None:
+        given = {k: getattr(self, k) for k in ("amount", "macs", "params", "latency")
+                 if getattr(self, k) is not None}
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one budget: amount=, macs=, params= or latency=; got "
+                f"{given or 'none'}"
+            )
+        if self.amount is not None and not 0 <= self.amount < 1:
+            raise ValueError(f"amount must be in [0, 1) (fraction of channels removed); got "
+                             f"{self.amount}")
+        for k in ("macs", "params"):
+            v = getattr(self, k)
+            if v is not None and v <= 0:
+                raise ValueError(f"{k} budget must be > 0; got {v}")
+        if self.latency is not None and not 0 < self.latency <= 1:
+            raise ValueError(f"latency must be a fraction of the current latency in (0, 1]; got "
+                             f"{self.latency}")
+        if self.scope not in ("local", "global"):
+            raise ValueError(f"scope must be 'local' or 'global'; got {self.scope!r}")
+        if self.round_to < 1 or self.min_channels < 1 or not 0 < self.min_ratio <= 1:
+            raise ValueError(
+                f"need round_to >= 1, min_channels >= 1 and 0 < min_ratio <= 1; got "
+                f"round_to={self.round_to}, min_channels={self.min_channels}, "
+                f"min_ratio={self.min_ratio}"
+            )
+
+    @property
+    def metric(self) -> str:
+        if self.amount is not None:
+            return "channels"
+        return next(k for k in ("macs", "params", "latency") if getattr(self, k) is not None)
+
+
+@dataclass
+class _GroupState:
+    group: Group
+    order: np.ndarray  # unit indices, most important first
+    scores: np.ndarray  # importance normalised by the group mean
+    step: int  # rounding unit, in units
+    floor: int  # fewest units kept
+
+
+@dataclass
+class Plan:
+    """Widths chosen for every group; ``apply()`` builds the smaller model."""
+
+    graph: DependencyGraph
+    config: PlanConfig
+    keep: np.ndarray  # bool [n_units + 1], last entry always True
+    costs: CostModel
+    target: float
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    latency_table: object | None = None
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def keep_of(self, atoms: np.ndarray) -> np.ndarray:
+        """Whether each atom's channel survives, bool, same shape as ``atoms``."""
+        return self.keep[self.costs.index(atoms)]
+
+    def kept_units(self, group: Group) -> int:
+        off = self.costs.offsets[group.index]
+        return int(self.keep[off : off + len(group)].sum())
+
+    def widths(self) -> list[tuple[str, int, int]]:
+        """``(group name, channels before, channels after)`` per group."""
+        return [
+            (g.name, len(g) * g.unit_channels, self.kept_units(g) * g.unit_channels)
+            for g in self.graph.groups
+        ]
+
+    @property
+    def unprunable(self):
+        return self.graph.unprunable
+
+    def __str__(self) -> str:
+        c = self.config
+        budget = f"{c.metric} " + (f"amount={c.amount}" if c.amount is not None else
+                                   f"<= {self.target:.4g}")
+        lines = [f"Structured pruning plan ({budget}, importance={_name(c.importance)}, "
+                 f"scope={c.scope}, round_to={c.round_to}, floor=max({c.min_ratio:.3g}*width, "
+                 f"{c.min_channels}))"]
+        for k in self.before:
+            b, a = self.before[k], self.after[k]
+            lines.append(f"  {k:<9} {b:>14,.0f} -> {a:>14,.0f}  ({a / b:6.1%})" if b else
+                         f"  {k}: 0")
+        lines.append(f"  {'group':<48} {'before':>7} {'after':>7}")
+        for name, b, a in self.widths():
+            lines.append(f"  {name[:48]:<48} {b:>7} {a:>7}")
+        if self.graph.unprunable:
+            lines.append("  kept (cannot prove safe to prune):")
+            lines += [f"    {u}" for u in self.graph.unprunable]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    # ---- actions ------------------------------------------------------------------------------
+
+    def apply(self, *, inplace: bool = False, channels_last: bool = False) -> nn.Module:
+        """The pruned model: a plain module with smaller tensors (see ``surgery.apply_plan``)."""
+        from .surgery import apply_plan
+
+        return apply_plan(self, inplace=inplace, channels_last=channels_last)
+
+    def masked_model(self) -> nn.Module:
+        """A copy of the original with every removed channel's slices zeroed (same shapes)."""
+        from .surgery import masked_model
+
+        return masked_model(self)
+
+
+def _name(imp) -> str:
+    return imp if isinstance(imp, str) else type(imp).__name__
+
+
+def plan(
+    model: nn.Module,
+    example_inputs: tuple | torch.Tensor,
+    *,
+    config: PlanConfig | None = None,
+    graph: DependencyGraph | None = None,
+    **kwargs,
+) -> Plan:
+    """Plan structured pruning of ``model``.
+
+    Args:
+        model: the model (not modified).
+        example_inputs: a tensor or tuple of inputs, e.g. ``[1, 3, 224, 224]`` float32.
+        config: a ``PlanConfig``; or pass its fields as keyword arguments
+            (``amount=0.5, importance="l2", round_to=16, ...``).
+        graph: a dependency graph already traced from this model (reused, not re-traced).
+
+    Returns:
+        A ``Plan``; ``print(plan)`` shows widths and unprunable ops, ``plan.apply()`` prunes.
+
+    Raises:
+        ValueError: a bad budget, or one the floors make unreachable.
+        StructuredTraceError: the model cannot be traced by ``torch.fx``.
+    """
+    if config is None:
+        config = PlanConfig(**kwargs)
+    elif kwargs:
+        raise ValueError(f"pass either config= or keyword options, not both: {sorted(kwargs)}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if graph is None:
+        graph = trace(model, example_inputs, protect_output=config.protect_output,
+                      leaf_modules=config.leaf_modules)
+    costs = CostModel(graph)
+    table = None
+    if config.metric == "latency":
+        from .latency import LatencyModel
+
+        table = LatencyModel(graph, costs)
+        cost = table.latency
+    else:
+        cost = costs.metric(config.metric)
+    full = costs.full()
+    base = cost(full)
+    target = _target(config, base)
+    states = _group_states(graph, config)
+    keep = _search(states, costs, cost, target, config)
+    result = Plan(graph=graph, config=config, keep=keep, costs=costs, target=target,
+                  latency_table=table)
+    for k in ("channels", "params", "macs"):
+        result.before[k] = costs.metric(k)(full)
+        result.after[k] = costs.metric(k)(keep)
+    if table is not None:
+        result.before["latency_s"] = base
+        result.after["latency_s"] = cost(keep)
+    return result
+
+
+def _target(config: PlanConfig, base: float) -> float:
+    if config.amount is not None:
+        return base * (1 - config.amount)
+    v = getattr(config, config.metric)
+    return base * v if v <= 1 else float(v)
+
+
+def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupState]:
+    imp = get_importance(config.importance)
+    states = []
+    for g in graph.groups:
+        n = len(g)
+        scores = np.asarray(imp(graph, g), dtype=np.float64)
+        if scores.shape != (n,):
+            raise ValueError(f"importance returned shape {scores.shape} for group {g.name} of "
+                             f"{n} units")
+        mean = scores.mean()
+        norm = scores / mean if mean > 0 else np.zeros(n)
+        u = g.unit_channels
+        step = config.round_to // u if config.round_to % u == 0 else 1
+        step = max(1, step)
+        floor = max(math.ceil(n * config.min_ratio), math.ceil(config.min_channels / u))
+        floor = min(n, -(-floor // step) * step)
+        states.append(_GroupState(g, np.argsort(-norm, kind="stable"), norm, step, floor))
+    return states
+
+
+def _counts(states: list[_GroupState], p: float, scope: str, threshold: float) -> list[int]:
+    counts = []
+    for s in states:
+        n = len(s.group)
+        if scope == "local":
+            k = n - p * n
+        else:
+            k = float((s.scores > threshold).sum())
+        k = round(k / s.step) * s.step
+        counts.append(int(min(n, max(s.floor, k))))
+    return counts
+
+
+def _keep_from_counts(states, counts, costs: CostModel) -> np.ndarray:
+    keep = np.zeros(costs.n_units + 1, dtype=bool)
+    keep[-1] = True
+    for s, k, off in zip(states, counts, costs.offsets[:-1], strict=False):
+        keep[off + s.order[:k]] = True
+    return keep
+
+
+def _search(states, costs: CostModel, cost, target: float, config: PlanConfig) -> np.ndarray:
+    all_scores = np.sort(np.concatenate([s.scores for s in states])) if states else np.zeros(0)
+
+    def keep_at(p: float) -> tuple[np.ndarray, list[int]]:
+        thr = -np.inf
+        if config.scope == "global" and all_scores.size:
+            thr = all_scores[min(int(p * all_scores.size), all_scores.size - 1)] if p > 0 else -1
+        counts = _counts(states, p, config.scope, thr)
+        return _keep_from_counts(states, counts, costs), counts
+
+    keep, counts = keep_at(0.0)
+    if cost(keep) <= target * (1 + 1e-9):
+        return keep
+    low_keep, low_counts = keep_at(1.0)
+    if cost(low_keep) > target * (1 + 1e-9):
+        raise ValueError(
+            f"{config.metric} budget {target:.4g} is unreachable: with the floors "
+            f"(min_ratio={config.min_ratio}, min_channels={config.min_channels}) and the "
+            f"unprunable ops the smallest model costs {cost(low_keep):.4g}; lower the floors or "
+            "raise the budget"
+        )
+    lo, hi = 0.0, 1.0  # cost(lo) > target >= cost(hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost(keep_at(mid)[0]) <= target:
+            hi = mid
+        else:
+            lo = mid
+    keep, counts = keep_at(hi)
+    return _rebalance(states, counts, costs, cost, target)
+
+
+def _rebalance(states, counts: list[int], costs: CostModel, cost, target: float) -> np.ndarray:
+    """Add back one rounding step at a time, most important first, while the budget holds."""
+    counts = list(counts)
+    for _ in range(10 * len(states) + 10):
+        best = None
+        for i, s in enumerate(states):
+            k = counts[i]
+            n = len(s.group)
+            if k >= n:
+                continue
+            nxt = min(n, k + s.step)
+            gain = float(s.scores[s.order[k:nxt]].mean())
+            trial = counts[:i] + [nxt] + counts[i + 1 :]
+            if cost(_keep_from_counts(states, trial, costs)) <= target and (
+                best is None or gain > best[0]
+            ):
+                best = (gain, i, nxt)
+        if best is None:
+            break
+        counts[best[1]] = best[2]
+    return _keep_from_counts(states, counts, costs)

@@ -1,0 +1,130 @@
+"""Cut the planned channels: real smaller tensors and updated module attributes.
+
+``apply_plan`` copies the model (unless ``inplace``), slices every attached parameter and buffer
+with ``index_select``, sets the width attributes (``out_channels``, ``in_features``,
+``num_features``, ``groups`` of depthwise convs, ``num_groups``, head counts, ...), then runs the
+example input and checks that the output shapes did not change.
+``masked_model`` builds the reference the pruned model must equal: the original with every
+removed slice zeroed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .planner import Plan
+
+__all__ = ["StructuredPruningError", "apply_plan", "masked_model"]
+
+
+class StructuredPruningError(RuntimeError):
+    """The pruned model failed the post-pruning check (a bug in a dependency rule)."""
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    mod_name, _, attr = name.rpartition(".")
+    mod = model.get_submodule(mod_name)
+    old = getattr(mod, attr)
+    if isinstance(old, nn.Parameter):
+        setattr(mod, attr, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        mod._buffers[attr] = value
+
+
+def _run(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    was_training = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(*inputs)
+    finally:
+        for m, t in zip(model.modules(), was_training, strict=True):
+            m.training = t
+    return [t for t in _flat(out) if isinstance(t, torch.Tensor)]
+
+
+def _flat(x):
+    if isinstance(x, (tuple, list)):
+        for y in x:
+            yield from _flat(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from _flat(y)
+    else:
+        yield x
+
+
+def apply_plan(plan: Plan, *, inplace: bool = False, channels_last: bool = False) -> nn.Module:
+    """Build the pruned model.
+
+    Args:
+        plan: from ``plan(...)``.
+        inplace: prune ``plan.graph.model`` itself instead of a deep copy.
+        channels_last: convert the result to ``torch.channels_last`` memory format.
+
+    Returns:
+        A plain ``nn.Module`` of the same classes, with smaller tensors.
+
+    Raises:
+        StructuredPruningError: the pruned model fails on the example input or changed the
+            output shape while ``protect_output`` was set.
+    """
+    graph = plan.graph
+    model = graph.model if inplace else copy.deepcopy(graph.model)
+    for att in graph.attachments.values():
+        mask = plan.keep_of(att.atoms)
+        if mask.all():
+            continue
+        idx = torch.from_numpy(np.flatnonzero(mask))
+        t = _get(model, att.tensor)
+        _set_tensor(model, att.tensor, t.detach().index_select(att.dim, idx).clone())
+    for (mod_name, attr), atoms in graph.attrs.items():
+        setattr(model.get_submodule(mod_name), attr, int(plan.keep_of(atoms).sum()))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    _check(plan, model)
+    return model
+
+
+def _get(model: nn.Module, name: str) -> torch.Tensor:
+    mod_name, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(mod_name), attr)
+
+
+def _check(plan: Plan, model: nn.Module) -> None:
+    graph = plan.graph
+    try:
+        outs = _run(model, graph.example_inputs)
+    except Exception as exc:
+        raise StructuredPruningError(
+            f"the pruned model fails on the example input: {type(exc).__name__}: {exc}. A "
+            "dependency rule missed a coupling; please report it with print(plan)."
+        ) from exc
+    shapes = [tuple(t.shape) for t in outs]
+    if plan.config.protect_output and shapes != graph.output_shapes:
+        raise StructuredPruningError(
+            f"output shapes changed from {graph.output_shapes} to {shapes} although "
+            "protect_output=True"
+        )
+
+
+def masked_model(plan: Plan) -> nn.Module:
+    """A deep copy of the original with every removed slice set to zero (shapes unchanged).
+
+    The pruned model equals this one on any input, up to float rounding.
+    """
+    model = copy.deepcopy(plan.graph.model)
+    with torch.no_grad():
+        for att in plan.graph.attachments.values():
+            mask = plan.keep_of(att.atoms)
+            if mask.all():
+                continue
+            idx = torch.from_numpy(np.flatnonzero(~mask))
+            _get(model, att.tensor).index_fill_(att.dim, idx, 0.0)
+    return model

@@ -1,0 +1,148 @@
+"""Dependency rules: couplings, unprunable ops named in the plan, tracing errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparseprune.structured import StructuredTraceError, plan, trace
+
+from .models import SplitAttention, ViT, randomize_bn
+
+
+class Gather(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.c3 = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        y = self.c2(F.relu(self.c1(x)))
+        idx = torch.arange(y.shape[1] - 1, -1, -1)
+        return self.c3(torch.index_select(y, 1, idx))
+
+
+def test_unknown_op_keeps_its_channels_and_is_named():
+    model = Gather()
+    x = torch.randn(1, 3, 8, 8)
+    p = plan(model, x, amount=0.5, round_to=1, min_channels=1)
+    names = [u.node for u in p.unprunable]
+    assert {"arange", "index_select"} & set(names)
+    widths = {n: (b, a) for n, b, a in p.widths()}
+    assert "c2" not in widths  # pinned: not a prunable group
+    assert widths["c1"] == (32, 16)
+    small = p.apply()
+    torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+
+
+class LiteralView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(self.c1(x).view(-1, 32 * 4 * 4))
+
+
+def test_literal_reshape_is_kept():
+    p = plan(LiteralView(), torch.randn(2, 3, 4, 4), amount=0.5, round_to=1, min_channels=1)
+    assert any("literal" in u.why for u in p.unprunable)
+    assert p.after["channels"] == p.before["channels"]
+    p.apply()  # no crash
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.c(x)
+        return x
+
+
+def test_untraceable_control_flow_is_a_clear_error():
+    with pytest.raises(StructuredTraceError, match="Untraceable.forward.*leaf_modules"):
+        plan(Untraceable(), torch.randn(1, 3, 4, 4), amount=0.5)
+
+
+def test_untraceable_submodule_as_leaf_keeps_its_channels():
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), Untraceable.__new__(Untraceable))
+    nn.Module.__init__(model[1])
+    model[1].c = nn.Conv2d(16, 8, 1)
+    p = plan(model, torch.randn(1, 3, 4, 4), amount=0.5, round_to=1, min_channels=1,
+             leaf_modules=(Untraceable,))
+    assert any("Untraceable" in u.why for u in p.unprunable)
+
+
+def test_protect_output_false_prunes_the_classifier():
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16))
+    p = plan(model, torch.randn(2, 8), amount=0.5, round_to=1, min_channels=1,
+             protect_output=False)
+    assert p.apply()(torch.randn(2, 8)).shape[1] < 16
+
+
+def test_residual_add_couples_both_sides():
+    from .models import ResNet18
+
+    g = trace(ResNet18(), torch.randn(1, 3, 32, 32))
+    stem = next(gr for gr in g.groups if gr.producers[0] == "stem.0")
+    assert {"layers.0.conv2", "layers.1.conv2"} <= set(stem.producers)
+
+
+def test_attention_heads_removed_whole():
+    torch.manual_seed(0)
+    model = ViT(dim=64, heads=4, mlp=128).eval()
+    x = torch.randn(2, 3, 32, 32)
+    p = plan(model, x, amount=0.5, round_to=1, min_channels=1)
+    small = p.apply()
+    attn = small.blocks[0].attn
+    assert attn.num_heads == 2 and attn.head_dim == 16
+    assert attn.qkv.out_features == 3 * 2 * 16 and attn.proj.in_features == 32
+    torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+    # the residual stream goes through LayerNorm: kept exact, and said so
+    assert any("layer norm" in u.why for u in p.unprunable)
+
+
+def test_sdpa_attention_heads():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), SplitAttention(32, heads=4), nn.Linear(32, 4))
+    x = torch.randn(2, 5, 16)
+    p = plan(model, x, amount=0.5, round_to=1, min_channels=1)
+    small = p.apply()
+    assert small[1].heads == 2 and small[1].q.out_features == 16
+    torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_multihead_attention_module_is_kept_and_named():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(8, 16)
+            self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.out = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(self.mha(h, h, h)[0])
+
+    p = plan(M(), torch.randn(2, 4, 8), amount=0.5, round_to=1, min_channels=1)
+    assert any(u.module == "mha" for u in p.unprunable)
+    p.apply()
+
+
+def test_shufflenet_shuffle_couples_groups():
+    from .models import ShuffleNetV2
+
+    torch.manual_seed(0)
+    model = randomize_bn(ShuffleNetV2())
+    x = torch.randn(1, 3, 32, 32)
+    p = plan(model, x, amount=0.5, round_to=1, min_channels=1)
+    assert not any("split" in u.why or "literal" in u.why for u in p.unprunable)
+    small = p.apply()
+    torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+    # pieces of a chunk stay equal, so the shuffle still pairs them
+    assert small.blocks[1].branch2[0].in_channels * 2 == small.blocks[0].branch1[2].out_channels * 2
