@@ -5,9 +5,11 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "common/cpu.h"
+#include "common/sell.h"
 #include "common/validate.h"
 #include "kernels.h"
 #include "linear.h"
@@ -103,10 +105,23 @@ bool any_nonfinite(const float* x, int64_t n) {
   return hits != 0;
 }
 
+std::shared_ptr<SellPack> prepack_sell_py(const py::array& row_ptr, const py::array& col_idx,
+                                          const py::array& values, int64_t cols) {
+  const CsrMatrix w = csr_view(row_ptr, col_idx, values, cols);
+  py::gil_scoped_release release;
+  return std::make_shared<SellPack>(prepack_sell(w));
+}
+
 bool csr_linear_py(const py::array& row_ptr, const py::array& col_idx, const py::array& values,
                    int64_t cols, const py::array& x, const py::object& bias, py::array& y,
-                   int nthreads, const std::string& kernel) {
+                   int nthreads, const std::string& kernel, const py::object& sell_obj) {
   const CsrMatrix w = csr_view(row_ptr, col_idx, values, cols);
+  const SellPack* sell = nullptr;
+  if (!sell_obj.is_none()) {
+    sell = sell_obj.cast<const SellPack*>();
+    require(sell->rows == w.rows && sell->cols == w.cols && sell->nnz == values.shape(0),
+            "sell pack was built for a different weight");
+  }
   require(x.ndim() == 2 && is_dtype<float>(x), "x must be a 2-D float32 array");
   require(y.ndim() == 2 && is_dtype<float>(y), "y must be a 2-D float32 array");
   require_contiguous(x, "x");
@@ -134,11 +149,13 @@ bool csr_linear_py(const py::array& row_ptr, const py::array& col_idx, const py:
     require(cpu_supports(*info), "kernel '" + kernel + "' needs " + isa_name(info->isa) +
                                      ", which this CPU does not support");
     chosen = single_kernel(*info);
+    require(chosen.sell == nullptr || sell != nullptr,
+            "kernel '" + kernel + "' needs the weight's SellPack (prepack_sell)");
   }
   float* y_ptr = static_cast<float*>(y.mutable_data());
   const float* x_ptr = static_cast<const float*>(x.data());
   py::gil_scoped_release release;
-  csr_linear(w, x_ptr, batch, cols, bias_ptr, y_ptr, w.rows, nthreads, chosen);
+  csr_linear(w, sell, x_ptr, batch, cols, bias_ptr, y_ptr, w.rows, nthreads, chosen);
   return any_nonfinite(x_ptr, batch * cols);
 }
 
@@ -148,7 +165,8 @@ py::list list_kernels() {
   for (const KernelInfo& k : all_kernels()) {
     const bool is_default = k.fn == reinterpret_cast<void*>(d.spmv) ||
                             k.fn == reinterpret_cast<void*>(d.spmm_big) ||
-                            k.fn == reinterpret_cast<void*>(d.spmm_small);
+                            k.fn == reinterpret_cast<void*>(d.spmm_small) ||
+                            k.fn == reinterpret_cast<void*>(d.sell);
     py::dict row;
     row["name"] = k.name;
     row["family"] = k.family;
@@ -185,9 +203,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_info", &cpu_info, "ISAs detected on this CPU and allowed by SPARSEPRUNE_ISA.");
   m.def("validate_csr", &validate, py::arg("row_ptr"), py::arg("col_idx"), py::arg("values"),
         py::arg("cols"), "Full CSR check; returns '' when valid, else what is wrong.");
+  py::class_<SellPack, std::shared_ptr<SellPack>>(m, "SellPack",
+                                                  "K-blocked SELL-C copy of a CSR weight")
+      .def_property_readonly("nbytes", &SellPack::nbytes)
+      .def_property_readonly("padded_nnz", [](const SellPack& s) {
+        return static_cast<int64_t>(s.values.size());
+      });
+  m.def("prepack_sell", &prepack_sell_py, py::arg("row_ptr"), py::arg("col_idx"),
+        py::arg("values"), py::arg("cols"),
+        "Builds the SellPack the batch >= 16 kernels use (from already validated CSR).");
   m.def("csr_linear", &csr_linear_py, py::arg("row_ptr"), py::arg("col_idx"), py::arg("values"),
         py::arg("cols"), py::arg("x"), py::arg("bias"), py::arg("y"), py::arg("nthreads"),
-        py::arg("kernel") = "",
+        py::arg("kernel") = "", py::arg("sell") = py::none(),
         "y[B, N] = x[B, K] W^T + bias with W [N, K] in CSR; writes y in place, GIL released. "
         "Returns True when x held NaN or Inf (the caller may then match dense semantics).");
 }

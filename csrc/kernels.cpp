@@ -2,6 +2,7 @@
 
 #include "common/cpu.h"
 #include "spmm/spmm_kernels.h"
+#include "spmm/spmm_sell_kernels.h"
 #include "spmv/spmv_kernels.h"
 
 namespace sparseprune {
@@ -10,6 +11,7 @@ const std::vector<KernelInfo>& all_kernels() {
   static const std::vector<KernelInfo> table = {
 #define SP_KERNEL(isa, name, fn, format, mr, nr) \
   {name, "spmm", format, isa, mr, nr, reinterpret_cast<void*>(&fn)},
+#include "spmm/spmm_sell_kernels.inc"
 #include "spmm/spmm_kernels.inc"
 #undef SP_KERNEL
 #define SP_KERNEL(isa, name, fn, format, mr, nr) \

@@ -37,8 +37,9 @@ struct Item {
   int64_t b0;      // first batch row
   int64_t nvalid;  // batch rows
   int mr;          // panel width, 0 for spmv rows
-  SpmmFn mm;
+  SpmmFn mm;       // null for spmv rows and sell panels
   float* panel;
+  bool sell;
 };
 
 void pack_panel(const float* x, int64_t ldx, int64_t nvalid, int64_t K, int mr, float* panel) {
@@ -55,23 +56,29 @@ void pack_panel(const float* x, int64_t ldx, int64_t nvalid, int64_t K, int mr, 
   }
 }
 
-std::vector<Item> plan_items(int64_t batch, const LinearKernels& k) {
+std::vector<Item> plan_items(int64_t batch, const LinearKernels& k, bool use_sell) {
   std::vector<Item> items;
   int64_t b = 0;
+  if (use_sell) {
+    const bool sell_only = k.spmv == nullptr && k.spmm_big == nullptr;
+    for (; batch - b >= k.mr_sell || (sell_only && batch > b); b += k.mr_sell)
+      items.push_back({b, std::min<int64_t>(k.mr_sell, batch - b), k.mr_sell, nullptr, nullptr,
+                       true});
+  }
   if (k.spmm_big != nullptr) {
     const bool panels_only = k.spmv == nullptr;
     if (panels_only || batch >= kMinPanelRows) {
-      for (; batch - b >= k.mr_big; b += k.mr_big) items.push_back({b, k.mr_big, k.mr_big, k.spmm_big, nullptr});
+      for (; batch - b >= k.mr_big; b += k.mr_big) items.push_back({b, k.mr_big, k.mr_big, k.spmm_big, nullptr, false});
       SpmmFn small = k.spmm_small ? k.spmm_small : k.spmm_big;
       const int mr_small = k.spmm_small ? k.mr_small : k.mr_big;
       while (batch - b >= kMinPanelRows || (panels_only && batch > b)) {
         const int64_t n = std::min<int64_t>(mr_small, batch - b);
-        items.push_back({b, n, mr_small, small, nullptr});
+        items.push_back({b, n, mr_small, small, nullptr, false});
         b += n;
       }
     }
   }
-  if (b < batch) items.push_back({b, batch - b, 0, nullptr, nullptr});
+  if (b < batch) items.push_back({b, batch - b, 0, nullptr, nullptr, false});
   return items;
 }
 
@@ -82,7 +89,12 @@ const LinearKernels& default_linear_kernels() {
     LinearKernels k;
     for (const KernelInfo& info : all_kernels()) {
       if (!cpu_supports(info) || !isa_allowed(info)) continue;
-      if (std::strcmp(info.family, "spmv") == 0) {
+      if (std::strcmp(info.format, "sell") == 0) {
+        if (k.sell == nullptr) {
+          k.sell = reinterpret_cast<SellFn>(info.fn);
+          k.mr_sell = info.mr;
+        }
+      } else if (std::strcmp(info.family, "spmv") == 0) {
         if (k.spmv == nullptr) k.spmv = reinterpret_cast<SpmvFn>(info.fn);
       } else if (std::strcmp(info.family, "spmm") == 0) {
         // Table rows are ordered by preference: the first runnable row is the big panel, the
@@ -103,7 +115,10 @@ const LinearKernels& default_linear_kernels() {
 
 LinearKernels single_kernel(const KernelInfo& info) {
   LinearKernels k;
-  if (std::strcmp(info.family, "spmv") == 0) {
+  if (std::strcmp(info.format, "sell") == 0) {
+    k.sell = reinterpret_cast<SellFn>(info.fn);
+    k.mr_sell = info.mr;
+  } else if (std::strcmp(info.family, "spmv") == 0) {
     k.spmv = reinterpret_cast<SpmvFn>(info.fn);
   } else {
     k.spmm_big = reinterpret_cast<SpmmFn>(info.fn);
@@ -112,10 +127,12 @@ LinearKernels single_kernel(const KernelInfo& info) {
   return k;
 }
 
-void csr_linear(const CsrMatrix& w, const float* x, int64_t batch, int64_t ldx, const float* bias,
-                float* y, int64_t ldy, int nthreads, const LinearKernels& k) {
+void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_t batch,
+                int64_t ldx, const float* bias, float* y, int64_t ldy, int nthreads,
+                const LinearKernels& k) {
   if (batch <= 0 || w.rows <= 0) return;
-  std::vector<Item> items = plan_items(batch, k);
+  const bool use_sell = sell != nullptr && k.sell != nullptr;
+  std::vector<Item> items = plan_items(batch, k, use_sell);
 
   size_t panel_floats = 0;
   for (const Item& it : items) panel_floats += static_cast<size_t>(it.mr) * w.cols;
@@ -130,22 +147,28 @@ void csr_linear(const CsrMatrix& w, const float* x, int64_t batch, int64_t ldx, 
 
   const int64_t nnz = w.row_ptr[w.rows];
   const int64_t work = (nnz + kRowCost * w.rows) * batch;
-  int64_t t = std::max<int64_t>(1, std::min<int64_t>({nthreads, w.rows, work / kMinWorkPerThread}));
+  // Sell kernels take whole row blocks, so threads then split row blocks, not rows.
+  const int64_t units = use_sell ? sell->row_blocks : w.rows;
+  int64_t t = std::max<int64_t>(1, std::min<int64_t>({nthreads, units, work / kMinWorkPerThread}));
   const int nt = static_cast<int>(t);
 
-  // Row bounds with equal shares of nonzeros (+ a per-row cost): pruned rows are uneven.
-  std::vector<int64_t> bounds(nt + 1, w.rows);
+  // Unit bounds with equal shares of nonzeros (+ a per-row cost): pruned rows are uneven.
+  std::vector<int64_t> bounds(nt + 1, units);
   bounds[0] = 0;
-  const int64_t total = nnz + kRowCost * w.rows;
-  for (int i = 1; i < nt; ++i) {
-    const int64_t target = total * i / nt;
-    int64_t lo = bounds[i - 1], hi = w.rows;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi) / 2;
-      if (w.row_ptr[mid] + kRowCost * mid < target) lo = mid + 1; else hi = mid;
+  std::vector<int64_t> cost;
+  if (nt > 1) {
+    cost.assign(units + 1, 0);
+    for (int64_t u = 0; u < units; ++u) {
+      cost[u + 1] = cost[u] + (use_sell ? sell->row_block_cost[u]
+                                        : w.row_ptr[u + 1] - w.row_ptr[u] + kRowCost);
     }
-    bounds[i] = lo;
   }
+  for (int i = 1; i < nt; ++i) {
+    const int64_t target = cost[units] * i / nt;
+    bounds[i] = std::lower_bound(cost.begin() + bounds[i - 1], cost.end(), target) - cost.begin();
+    bounds[i] = std::min(bounds[i], units);
+  }
+  const int64_t row_scale = use_sell ? kSellRowBlock : 1;
 
   const int nitems = static_cast<int>(items.size());
   parallel_run(nt, [&](int tid) {
@@ -155,10 +178,13 @@ void csr_linear(const CsrMatrix& w, const float* x, int64_t batch, int64_t ldx, 
     }
   });
   parallel_run(nt, [&](int tid) {
-    const int64_t r0 = bounds[tid], r1 = bounds[tid + 1];
-    if (r0 >= r1) return;
+    const int64_t u0 = bounds[tid], u1 = bounds[tid + 1];
+    if (u0 >= u1) return;
+    const int64_t r0 = u0 * row_scale, r1 = std::min(u1 * row_scale, w.rows);
     for (const Item& it : items) {
-      if (it.mr) {
+      if (it.sell) {
+        k.sell(*sell, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, u0, u1);
+      } else if (it.mr) {
         it.mm(w, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, r0, r1);
       } else {
         for (int64_t b = it.b0; b < it.b0 + it.nvalid; ++b)

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common/csr.h"
+#include "common/sell.h"
 #include "kernels.h"
 
 namespace sparseprune {
@@ -11,7 +12,10 @@ namespace sparseprune {
 // The variants one call uses. Panels use spmm_big (mr_big rows) while the batch fills it, the
 // rest goes to spmm_small panels, and fewer than kMinPanelRows leftover rows go to spmv.
 // A null spmm_big routes every row to spmv; a null spmv routes every row to panels.
+// With a SellPack and a sell kernel, full panels of mr_sell rows use it instead of spmm_big.
 struct LinearKernels {
+  SellFn sell = nullptr;
+  int mr_sell = 0;
   SpmvFn spmv = nullptr;
   SpmmFn spmm_big = nullptr;
   int mr_big = 0;
@@ -24,13 +28,15 @@ constexpr int64_t kMinPanelRows = 4;
 // The default choice under the CPU and the SPARSEPRUNE_ISA cap.
 const LinearKernels& default_linear_kernels();
 
-// Only the named variant (an spmm row: every batch row goes through its panels; an spmv row:
-// every batch row goes through it). For tests and benchmarks.
+// Only the named variant (an spmm or sell row: every batch row goes through its panels; an spmv
+// row: every batch row goes through it). For tests and benchmarks.
 LinearKernels single_kernel(const KernelInfo& k);
 
 // x: [batch, w.cols] with row stride ldx; y: [batch, w.rows] with row stride ldy; bias: [w.rows]
-// or null. Inputs must already be validated. Uses up to nthreads threads (>= 1).
-void csr_linear(const CsrMatrix& w, const float* x, int64_t batch, int64_t ldx, const float* bias,
-                float* y, int64_t ldy, int nthreads, const LinearKernels& k);
+// or null. sell: the SellPack of w, or null. Inputs must already be validated. Uses up to
+// nthreads threads (>= 1).
+void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_t batch,
+                int64_t ldx, const float* bias, float* y, int64_t ldy, int nthreads,
+                const LinearKernels& k);
 
 }  // namespace sparseprune

@@ -20,6 +20,8 @@ __all__ = [
     "csr_linear",
     "csr_linear_eager",
     "csr_linear_arrays",
+    "prepack_sell",
+    "SELL_MIN_BATCH",
     "weight_arrays",
     "validate_csr",
     "list_kernels",
@@ -93,17 +95,34 @@ def csr_linear_eager(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tens
 
 
 def csr_linear_arrays(x: torch.Tensor, arrays: tuple, rows: int, cols: int,
-                      kernel: str = "") -> tuple[torch.Tensor, bool]:
+                      kernel: str = "", sell: object | None = None) -> tuple[torch.Tensor, bool]:
     """``csr_linear_eager`` on NumPy views made once by ``weight_arrays``.
 
     ``SparseLinear`` caches the views: converting four tensors costs several microseconds a
     call, more than a small layer's kernel. The output is allocated by NumPy and wrapped without
     a copy (cheaper than ``torch.empty`` + ``.numpy()``).
+
+    Args:
+        sell: the weight's ``prepack_sell`` result, used for batch panels of >= 16 rows.
     """
     y = np.empty((x.shape[0], rows), dtype=np.float32)
     rp, ci, v, b = arrays
-    nonfinite = _C.csr_linear(rp, ci, v, cols, x.numpy(), b, y, get_num_threads(), kernel)
+    nonfinite = _C.csr_linear(rp, ci, v, cols, x.numpy(), b, y, get_num_threads(), kernel, sell)
     return torch.from_numpy(y), nonfinite
+
+
+# Batches at least this large use the K-blocked SELL-C kernels (when a pack is given): below it
+# the plain CSR panel kernels are as fast and need no second copy of the weight.
+SELL_MIN_BATCH = 16
+
+
+def prepack_sell(arrays: tuple, cols: int) -> object:
+    """The K-blocked SELL-C copy of a validated CSR weight (``weight_arrays`` views).
+
+    About 5 bytes per nonzero (+ ~1-2 % padding). Derived data: never stored in a state_dict.
+    """
+    rp, ci, v, _ = arrays
+    return _C.prepack_sell(rp, ci, v, cols)
 
 
 def weight_arrays(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,

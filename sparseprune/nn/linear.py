@@ -116,9 +116,18 @@ class SparseLinear(nn.Module):
         key = (bufs["row_ptr"], bufs["col_idx"], bufs["values"], bufs["bias"])
         cache = self.__dict__.get("_array_cache")
         if cache is None or any(a is not b for a, b in zip(cache[0], key, strict=True)):
-            cache = (key, ops.weight_arrays(*key))
+            cache = (key, ops.weight_arrays(*key), [None])
             self.__dict__["_array_cache"] = cache
         return cache[1]
+
+    def _sell(self):
+        """The SELL-C copy for large batches, built on first use (tens of ms for 4096x4096)
+        and dropped with the array cache when the buffers change."""
+        self._arrays()
+        slot = self.__dict__["_array_cache"][2]
+        if slot[0] is None:
+            slot[0] = ops.prepack_sell(self._arrays(), self.in_features)
+        return slot[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -144,8 +153,9 @@ class SparseLinear(nn.Module):
             y = ops.csr_linear(x2, self.row_ptr, self.col_idx, self.values, self.bias,
                                self.in_features)
         else:
+            sell = self._sell() if x2.shape[0] >= ops.SELL_MIN_BATCH else None
             y, nonfinite = ops.csr_linear_arrays(x2, self._arrays(), self.out_features,
-                                                 self.in_features)
+                                                 self.in_features, sell=sell)
             if nonfinite:
                 # Dense torch spreads a NaN/Inf input through the pruned zeros too
                 # (0 * Inf = NaN); the kernel skips those zeros. Redo those rows densely.

@@ -28,6 +28,7 @@ class LinearCase:
     bias: bool = True
     empty_rows: bool = False
     seed: int = 0
+    sell: bool = False  # also build the SELL-C pack (needed by sell kernels, used by auto)
 
     def make(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         g = torch.Generator().manual_seed(self.seed)
@@ -46,7 +47,9 @@ class LinearCase:
             pytest.skip(f"{kernel} needs {info['isa']}, which this CPU lacks")
         x, w, b = self.make()
         csr = CSR.from_dense(w)
-        y = ops.csr_linear(x, csr.row_ptr, csr.col_idx, csr.values, b, self.k, kernel=kernel)
+        arrays = ops.weight_arrays(csr.row_ptr, csr.col_idx, csr.values, b)
+        sell = ops.prepack_sell(arrays, self.k) if self.sell else None
+        y, _ = ops.csr_linear_arrays(x, arrays, self.n, self.k, kernel=kernel, sell=sell)
         assert_close_linear(y, x, w, b)
 
 
@@ -69,4 +72,7 @@ EDGE_CASES = {
     "long_rows": LinearCase(m=12, n=8, k=4096, sparsity=0.0),
     "k_uint16_max": LinearCase(m=5, n=4, k=65536, sparsity=0.99),
     "k_int32_index": LinearCase(m=9, n=6, k=70000, sparsity=0.95),
+    "rows_gt_row_block": LinearCase(m=20, n=300, k=600, sparsity=0.7),
+    "k_lt_col_block": LinearCase(m=16, n=130, k=100, sparsity=0.5),
+    "k_div_col_block": LinearCase(m=33, n=129, k=512, sparsity=0.9),
 }

@@ -14,10 +14,11 @@ from sparseprune import ops
 from .linear_case import LinearCase
 
 
+@pytest.mark.parametrize("sell", [False, True])
 @pytest.mark.parametrize("m", [0, 1, 3, 4, 8, 17, 64])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
-def test_auto_batches_and_sparsities(m, sparsity):
-    LinearCase(m=m, n=67, k=301, sparsity=sparsity).check("")
+def test_auto_batches_and_sparsities(m, sparsity, sell):
+    LinearCase(m=m, n=67, k=301, sparsity=sparsity, sell=sell).check("")
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -25,12 +26,12 @@ def test_auto_batches_and_sparsities(m, sparsity):
        sparsity=st.sampled_from([0.0, 0.3, 0.8, 0.95, 1.0]), bias=st.booleans(),
        empty_rows=st.booleans(), seed=st.integers(0, 2**16))
 def test_auto_random_shapes(m, n, k, sparsity, bias, empty_rows, seed):
-    LinearCase(m, n, k, sparsity, bias, empty_rows, seed).check("")
+    LinearCase(m, n, k, sparsity, bias, empty_rows, seed, sell=m % 2 == 0).check("")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 def test_threads_give_the_same_result(threads):
-    case = LinearCase(m=33, n=300, k=700, sparsity=0.8)
+    case = LinearCase(m=33, n=300, k=700, sparsity=0.8, sell=True)
     ops.set_num_threads(threads)
     try:
         case.check("")
@@ -38,9 +39,11 @@ def test_threads_give_the_same_result(threads):
         from sparseprune.formats import CSR
 
         csr = CSR.from_dense(w)
-        y_t = ops.csr_linear(x, csr.row_ptr, csr.col_idx, csr.values, b, case.k)
+        arrays = ops.weight_arrays(csr.row_ptr, csr.col_idx, csr.values, b)
+        sell = ops.prepack_sell(arrays, case.k)
+        y_t, _ = ops.csr_linear_arrays(x, arrays, case.n, case.k, sell=sell)
         ops.set_num_threads(1)
-        y_1 = ops.csr_linear(x, csr.row_ptr, csr.col_idx, csr.values, b, case.k)
+        y_1, _ = ops.csr_linear_arrays(x, arrays, case.n, case.k, sell=sell)
         # Rows are split between threads, never the sum inside a row: results are bitwise equal.
         assert torch.equal(y_t, y_1)
     finally:

@@ -1,5 +1,7 @@
 """Every compiled SpMM (panel) variant against dense torch on the named edge cases."""
 
+from dataclasses import replace
+
 import pytest
 
 from .linear_case import EDGE_CASES, kernels_of
@@ -15,4 +17,10 @@ def test_table_has_scalar_and_simd_rows():
 @pytest.mark.parametrize("case", list(EDGE_CASES), ids=str)
 @pytest.mark.parametrize("kernel", SPMM)
 def test_spmm_variant(kernel, case):
-    EDGE_CASES[case].check(kernel)
+    info = next(k for k in kernels_of("spmm") if k["name"] == kernel)
+    replace(EDGE_CASES[case], sell=info["format"] == "sell").check(kernel)
+
+
+def test_sell_rows_in_the_table():
+    formats = {(k["format"], k["isa"]) for k in kernels_of("spmm")}
+    assert {("sell", "scalar"), ("sell", "avx2"), ("csr", "scalar"), ("csr", "avx2")} <= formats

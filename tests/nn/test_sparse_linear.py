@@ -160,3 +160,16 @@ def test_torch_export_traces_through_the_custom_op():
     exported = torch.export.export(sp, (x,))
     assert "sparseprune.csr_linear" in str(exported.graph)
     assert torch.equal(exported.module()(x), sp(x))
+
+
+def test_large_batches_use_the_sell_pack_and_rebuild_it_after_loading():
+    lin = _pruned_linear(k=300, n=200, sparsity=0.8)
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(40, 300)
+    assert_close_linear(sp(x), x, lin.weight.detach(), lin.bias.detach())
+    first = sp._sell()
+    assert first is not None and sp._sell() is first  # built once, then reused
+    other = _pruned_linear(k=300, n=200, sparsity=0.9)
+    sp.load_state_dict(SparseLinear.from_dense(other).state_dict())
+    assert sp._sell() is not first  # new buffers, new pack
+    assert_close_linear(sp(x), x, other.weight.detach(), other.bias.detach())

@@ -1,0 +1,50 @@
+// K-blocked SELL-C layout of a CSR weight for the batch >= 16 SpMM path (design §3-4).
+//
+// Why: with the whole activation panel (K * MR floats: 256 KiB at K = 4096, MR = 16) every
+// nonzero's panel row comes from L2, and the L2 -> L1 bandwidth caps the kernel near 4 cycles per
+// nonzero on Zen 3. Here the weight is cut into tiles of kRowBlock rows x kColBlock columns, so a
+// kernel walks one panel slice of kColBlock * MR floats (16 KiB) that stays in L1. Inside a tile,
+// rows are sorted by their nonzero count and taken kChunk at a time in lockstep (zero-padded to
+// the chunk's longest row): one loop exit per chunk instead of one mispredicted exit per row.
+//
+// Units: elements, never bytes. Built once from validated CSR, so kernels trust it.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "csr.h"
+
+namespace sparseprune {
+
+constexpr int kSellRowBlock = 128;  // rows per tile: the tile's partial sums stay in L1
+constexpr int kSellColBlock = 256;  // columns per tile: offsets fit in uint8
+constexpr int kSellChunk = 4;       // rows in lockstep
+
+struct SellPack {
+  int64_t rows = 0, cols = 0, nnz = 0;
+  int64_t row_blocks = 0, col_blocks = 0;
+  // Chunks of tile t = rb * col_blocks + kb are [tile_chunk[t], tile_chunk[t + 1]).
+  std::vector<int64_t> tile_chunk;
+  // Chunk c: kSellChunk local row indices (kSellRowBlock = padding row, never written out) and
+  // its steps [chunk_step[c], chunk_step[c + 1]).
+  std::vector<int32_t> chunk_rows;
+  std::vector<int64_t> chunk_step;
+  // Step s holds one nonzero per chunk row: values[s * kSellChunk + i] at column
+  // kb * kSellColBlock + offsets[s * kSellChunk + i]. Padding: value 0, offset 0.
+  std::vector<float> values;
+  std::vector<uint8_t> offsets;
+  // Nonzeros (+ padding) of each row block, to balance threads.
+  std::vector<int64_t> row_block_cost;
+
+  int64_t nbytes() const;
+};
+
+SellPack prepack_sell(const CsrMatrix& w);
+
+// Rows [rb0 * kSellRowBlock, min(rb1 * kSellRowBlock, rows)) of y for one panel of MR batch rows
+// (panel[k * MR + r] = x[r, k], zero for r >= nvalid). Padding multiplies 0 by panel entries, so
+// a NaN/Inf in x may reach rows that have no weight on it (callers fix non-finite rows anyway).
+using SellFn = void (*)(const SellPack& w, const float* panel, int64_t nvalid, const float* bias,
+                        float* y, int64_t ldy, int64_t rb0, int64_t rb1);
+
+}  // namespace sparseprune
