@@ -166,7 +166,8 @@ py::list list_kernels() {
     const bool is_default = k.fn == reinterpret_cast<void*>(d.spmv) ||
                             k.fn == reinterpret_cast<void*>(d.spmm_big) ||
                             k.fn == reinterpret_cast<void*>(d.spmm_small) ||
-                            k.fn == reinterpret_cast<void*>(d.sell);
+                            k.fn == reinterpret_cast<void*>(d.sell) ||
+                            k.fn == reinterpret_cast<void*>(d.sell_small);
     py::dict row;
     row["name"] = k.name;
     row["family"] = k.family;

@@ -39,7 +39,7 @@ struct Item {
   int mr;          // panel width, 0 for spmv rows
   SpmmFn mm;       // null for spmv rows and sell panels
   float* panel;
-  bool sell;
+  SellFn sell;     // set for sell panels
 };
 
 void pack_panel(const float* x, int64_t ldx, int64_t nvalid, int64_t K, int mr, float* panel) {
@@ -63,22 +63,26 @@ std::vector<Item> plan_items(int64_t batch, const LinearKernels& k, bool use_sel
     const bool sell_only = k.spmv == nullptr && k.spmm_big == nullptr;
     for (; batch - b >= k.mr_sell || (sell_only && batch > b); b += k.mr_sell)
       items.push_back({b, std::min<int64_t>(k.mr_sell, batch - b), k.mr_sell, nullptr, nullptr,
-                       true});
+                       k.sell});
+    if (k.sell_small != nullptr && batch - b >= k.mr_sell_small) {
+      items.push_back({b, k.mr_sell_small, k.mr_sell_small, nullptr, nullptr, k.sell_small});
+      b += k.mr_sell_small;
+    }
   }
   if (k.spmm_big != nullptr) {
     const bool panels_only = k.spmv == nullptr;
     if (panels_only || batch >= kMinPanelRows) {
-      for (; batch - b >= k.mr_big; b += k.mr_big) items.push_back({b, k.mr_big, k.mr_big, k.spmm_big, nullptr, false});
+      for (; batch - b >= k.mr_big; b += k.mr_big) items.push_back({b, k.mr_big, k.mr_big, k.spmm_big, nullptr, nullptr});
       SpmmFn small = k.spmm_small ? k.spmm_small : k.spmm_big;
       const int mr_small = k.spmm_small ? k.mr_small : k.mr_big;
       while (batch - b >= kMinPanelRows || (panels_only && batch > b)) {
         const int64_t n = std::min<int64_t>(mr_small, batch - b);
-        items.push_back({b, n, mr_small, small, nullptr, false});
+        items.push_back({b, n, mr_small, small, nullptr, nullptr});
         b += n;
       }
     }
   }
-  if (b < batch) items.push_back({b, batch - b, 0, nullptr, nullptr, false});
+  if (b < batch) items.push_back({b, batch - b, 0, nullptr, nullptr, nullptr});
   return items;
 }
 
@@ -93,6 +97,9 @@ const LinearKernels& default_linear_kernels() {
         if (k.sell == nullptr) {
           k.sell = reinterpret_cast<SellFn>(info.fn);
           k.mr_sell = info.mr;
+        } else if (k.sell_small == nullptr && info.mr < k.mr_sell) {
+          k.sell_small = reinterpret_cast<SellFn>(info.fn);
+          k.mr_sell_small = info.mr;
         }
       } else if (std::strcmp(info.family, "spmv") == 0) {
         if (k.spmv == nullptr) k.spmv = reinterpret_cast<SpmvFn>(info.fn);
@@ -183,7 +190,7 @@ void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_
     const int64_t r0 = u0 * row_scale, r1 = std::min(u1 * row_scale, w.rows);
     for (const Item& it : items) {
       if (it.sell) {
-        k.sell(*sell, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, u0, u1);
+        it.sell(*sell, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, u0, u1);
       } else if (it.mr) {
         it.mm(w, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, r0, r1);
       } else {

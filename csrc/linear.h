@@ -12,10 +12,13 @@ namespace sparseprune {
 // The variants one call uses. Panels use spmm_big (mr_big rows) while the batch fills it, the
 // rest goes to spmm_small panels, and fewer than kMinPanelRows leftover rows go to spmv.
 // A null spmm_big routes every row to spmv; a null spmv routes every row to panels.
-// With a SellPack and a sell kernel, full panels of mr_sell rows use it instead of spmm_big.
+// With a SellPack, full panels of mr_sell rows use the sell kernel, then one panel of
+// mr_sell_small rows if that many remain, before the CSR panels and spmv take the rest.
 struct LinearKernels {
   SellFn sell = nullptr;
   int mr_sell = 0;
+  SellFn sell_small = nullptr;
+  int mr_sell_small = 0;
   SpmvFn spmv = nullptr;
   SpmmFn spmm_big = nullptr;
   int mr_big = 0;

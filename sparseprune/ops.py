@@ -112,8 +112,8 @@ def csr_linear_arrays(x: torch.Tensor, arrays: tuple, rows: int, cols: int,
 
 
 # Batches at least this large use the K-blocked SELL-C kernels (when a pack is given): below it
-# the plain CSR panel kernels are as fast and need no second copy of the weight.
-SELL_MIN_BATCH = 16
+# only CSR panels or SpMV would run, so the second copy of the weight is not built.
+SELL_MIN_BATCH = 8
 
 
 def prepack_sell(arrays: tuple, cols: int) -> object:

@@ -121,8 +121,9 @@ class SparseLinear(nn.Module):
         return cache[1]
 
     def _sell(self):
-        """The SELL-C copy for large batches, built on first use (tens of ms for 4096x4096)
-        and dropped with the array cache when the buffers change."""
+        """The SELL-C copy for batches >= ``ops.SELL_MIN_BATCH``, built on first use (tens of
+        ms for 4096x4096; ~5 B per nonzero) and dropped with the array cache when the buffers
+        change."""
         self._arrays()
         slot = self.__dict__["_array_cache"][2]
         if slot[0] is None:
