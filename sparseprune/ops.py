@@ -164,13 +164,14 @@ def csr_linear(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
     return _csr_linear_op(x, row_ptr, col_idx, values, bias, cols)
 
 
+_compiler = getattr(torch, "compiler", None)
+_is_compiling = getattr(_compiler, "is_compiling", lambda: False)
+_is_exporting = getattr(_compiler, "is_exporting", lambda: False)
+
+
 def is_tracing() -> bool:
     """True under ``torch.compile`` / ``torch.export`` tracing (the custom op must be used)."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is None:
-        return False
-    exporting = getattr(compiler, "is_exporting", lambda: False)
-    return bool(compiler.is_compiling() or exporting())
+    return _is_compiling() or _is_exporting()
 
 
 def _register_custom_op():

@@ -26,6 +26,17 @@ def dense_weight_of(linear: nn.Module) -> torch.Tensor:
     return linear.weight.detach()
 
 
+class _Packed:
+    """Per-module cache: the buffers it was made from, their NumPy views, the SELL-C copy."""
+
+    __slots__ = ("row_ptr", "col_idx", "values", "bias", "arrays", "sell")
+
+    def __init__(self, row_ptr, col_idx, values, bias):
+        self.row_ptr, self.col_idx, self.values, self.bias = row_ptr, col_idx, values, bias
+        self.arrays = ops.weight_arrays(row_ptr, col_idx, values, bias)
+        self.sell = None
+
+
 class SparseLinear(nn.Module):
     """y = x Wᵀ + b with W stored in CSR and computed by sparseprune's native kernels.
 
@@ -108,32 +119,54 @@ class SparseLinear(nn.Module):
         label = f" {self.name!r}" if self.name else ""
         return f"SparseLinear{label} [{self.out_features}x{self.in_features}]"
 
-    def _arrays(self) -> tuple:
-        """NumPy views of the packed buffers, remade only when a buffer object changes
-        (``load_state_dict``, ``.to()``, assignment); in-place edits share the same memory."""
-        # Module.__getattr__ costs ~2 us per buffer; the dict lookups below cost ~50 ns.
+    def _packed(self) -> _Packed:
+        """NumPy views of the packed buffers (and the SELL-C copy once built), remade only when
+        a buffer object changes (``load_state_dict``, ``.to()``, assignment); in-place edits
+        share the same memory."""
+        # Module.__getattr__ costs ~2 us per buffer; these dict lookups cost ~50 ns each.
         bufs = self._buffers
-        key = (bufs["row_ptr"], bufs["col_idx"], bufs["values"], bufs["bias"])
-        cache = self.__dict__.get("_array_cache")
-        if cache is None or any(a is not b for a, b in zip(cache[0], key, strict=True)):
-            cache = (key, ops.weight_arrays(*key), [None])
-            self.__dict__["_array_cache"] = cache
-        return cache[1]
+        p = self.__dict__.get("_packed_cache")
+        if (p is None or p.row_ptr is not bufs["row_ptr"] or p.col_idx is not bufs["col_idx"]
+                or p.values is not bufs["values"] or p.bias is not bufs["bias"]):
+            p = _Packed(bufs["row_ptr"], bufs["col_idx"], bufs["values"], bufs["bias"])
+            self.__dict__["_packed_cache"] = p
+        return p
 
     def _sell(self):
         """The SELL-C copy for batches >= ``ops.SELL_MIN_BATCH``, built on first use (tens of
-        ms for 4096x4096; ~5 B per nonzero) and dropped with the array cache when the buffers
-        change."""
-        self._arrays()
-        slot = self.__dict__["_array_cache"][2]
-        if slot[0] is None:
-            slot[0] = ops.prepack_sell(self._arrays(), self.in_features)
-        return slot[0]
+        ms for 4096x4096; ~5 B per nonzero) and dropped when the buffers change."""
+        p = self._packed()
+        if p.sell is None:
+            p.sell = ops.prepack_sell(p.arrays, self.in_features)
+        return p.sell
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The common case (2-D contiguous float32 CPU input, no autograd, eager) goes straight to
+        # the kernel: every no-op tensor call costs ~0.2-2 us from Python, and a small layer's
+        # whole kernel takes a few.
+        if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.dim() == 2
+                and x.shape[1] == self.in_features and x.is_cpu and not x.requires_grad
+                and x.is_contiguous() and not ops.is_tracing()):
+            return self._run(x)
+        return self._forward_general(x)
+
+    def _run(self, x2: torch.Tensor) -> torch.Tensor:
+        """x2: [B, in_features] float32, contiguous, CPU; eager mode."""
+        p = self._packed()
+        sell = self._sell() if x2.shape[0] >= ops.SELL_MIN_BATCH else None
+        y, nonfinite = ops.csr_linear_arrays(x2, p.arrays, self.out_features, self.in_features,
+                                             sell=sell)
+        if nonfinite:
+            # Dense torch spreads a NaN/Inf input through the pruned zeros too (0 * Inf = NaN);
+            # the kernel skips those zeros. Redo those rows densely so results match torch.
+            bad_rows = ~torch.isfinite(x2).all(dim=1)
+            y[bad_rows] = F.linear(x2[bad_rows], self.weight.to_dense(), self.bias)
+        return y
+
+    def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self._where()}: expected a tensor, got {type(x).__name__}")
-        if x.dtype is not torch.float32 and not x.is_floating_point():
+        if not x.is_floating_point():
             raise TypeError(f"{self._where()}: expected a floating point input, got {x.dtype}")
         if not x.is_cpu:
             raise RuntimeError(f"{self._where()}: input is on {x.device}; sparseprune kernels run "
@@ -144,27 +177,13 @@ class SparseLinear(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             w = self.weight.to_dense().to(x.dtype)
             return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
-        # Each no-op tensor call costs ~1-2 us from Python; skip them on the common path.
-        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if x2.dtype is not torch.float32:
-            x2 = x2.to(torch.float32)
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
+        x2 = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
         if ops.is_tracing():
             y = ops.csr_linear(x2, self.row_ptr, self.col_idx, self.values, self.bias,
                                self.in_features)
         else:
-            sell = self._sell() if x2.shape[0] >= ops.SELL_MIN_BATCH else None
-            y, nonfinite = ops.csr_linear_arrays(x2, self._arrays(), self.out_features,
-                                                 self.in_features, sell=sell)
-            if nonfinite:
-                # Dense torch spreads a NaN/Inf input through the pruned zeros too
-                # (0 * Inf = NaN); the kernel skips those zeros. Redo those rows densely.
-                bad_rows = ~torch.isfinite(x2).all(dim=1)
-                y[bad_rows] = F.linear(x2[bad_rows], self.weight.to_dense(), self.bias)
-        if x.dim() != 2:
-            y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if x.dtype is torch.float32 else y.to(x.dtype)
+            y = self._run(x2)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
