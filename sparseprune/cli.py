@@ -1,4 +1,4 @@
-"""Command line: ``sparseprune demo``, ``sparseprune bench``, ``sparseprune config``."""
+"""Command line: ``sparseprune demo``, ``bench``, ``config``, ``inspect`` and ``convert``."""
 
 from __future__ import annotations
 
@@ -64,7 +64,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(quick=args.quick)
+    return run_demo(quick=args.quick, out=args.out, seeds=args.seeds,
+                    progress=not args.no_progress)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .workflow.files import ModelFileError, format_layers, inspect_state, load_model_file
+
+    try:
+        module, state = load_model_file(args.path, unsafe=args.unsafe_load)
+    except ModelFileError as err:
+        print(f"sparseprune inspect: {err}", file=sys.stderr)
+        return 2
+    rows = inspect_state(state)
+    what = f"a {type(module).__name__} module" if module is not None else "a state_dict"
+    print(f"{args.path}: {what}, {len(state)} tensors, {len(rows)} weight tensors\n")
+    print(format_layers(rows) if rows else "(no weight tensors with 2+ dims)")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .workflow.files import ModelFileError, convert_file
+
+    try:
+        print(convert_file(args.path, args.output, unsafe=args.unsafe_load,
+                           min_sparsity=args.min_sparsity, exclude=args.exclude))
+    except ModelFileError as err:
+        print(f"sparseprune convert: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -79,8 +107,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="prune a model, convert it and compare latency")
-    demo.add_argument("--quick", action="store_true", help="smaller model, shorter timings")
+    demo.add_argument("--quick", action="store_true", help="fewer epochs and rounds (< 45 s)")
+    demo.add_argument("-o", "--out", default="sparseprune-demo-out",
+                      help="output folder (default: ./sparseprune-demo-out)")
+    demo.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1, report "
+                      "mean ± std (default 1)")
+    demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    unsafe_help = ("allow files that need code to unpickle (torch.load(weights_only=False)); "
+                   "runs code from the file: only for files you trust")
+    insp = sub.add_parser("inspect", help="per-layer sparsity, patterns and size of a saved "
+                          "model or state_dict")
+    insp.add_argument("path")
+    insp.add_argument("--unsafe-load", action="store_true", help=unsafe_help)
+    insp.set_defaults(func=_cmd_inspect)
+
+    conv = sub.add_parser("convert", help="pack an already pruned model's Linear layers, report "
+                          "and time them against dense")
+    conv.add_argument("path")
+    conv.add_argument("-o", "--output", required=True, help="file to write")
+    conv.add_argument("--min-sparsity", type=float, default=0.5)
+    conv.add_argument("--exclude", action="append", default=[],
+                      help="layer name or glob to leave dense (repeatable)")
+    conv.add_argument("--unsafe-load", action="store_true", help=unsafe_help)
+    conv.set_defaults(func=_cmd_convert)
 
     bench = sub.add_parser("bench", help="time sparse Linear kernels against torch and scipy")
     bench.add_argument("--quick", action="store_true", help="one shape, 90 %%, batch 1 and 64")

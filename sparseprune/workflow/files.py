@@ -1,0 +1,295 @@
+"""``sparseprune inspect`` / ``sparseprune convert`` on the user's saved models.
+
+A file may hold a whole ``nn.Module`` (``torch.save(model)``), a state_dict, or a checkpoint dict
+with a ``"state_dict"`` / ``"model"`` entry (``save_pruned`` files included). It is loaded with
+``torch.load(weights_only=True)`` unless the caller allows more (``unsafe=True``,
+``--unsafe-load``), which runs the file's pickled code: only for files you trust.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import pickle
+import re
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..formats import CSR
+from ..pruning.summary import csr_bytes
+
+__all__ = ["LayerInfo", "ModelFileError", "convert_file", "inspect_state", "load_model_file"]
+
+_PACKED = ("row_ptr", "col_idx", "values", "format_header")
+
+
+class ModelFileError(ValueError):
+    """The file cannot be read as a model or state_dict; the message says why and what to do."""
+
+
+def load_model_file(path: str | os.PathLike, unsafe: bool = False
+                    ) -> tuple[nn.Module | None, dict[str, Tensor]]:
+    """``(module or None, state_dict)`` from a ``torch.save`` file.
+
+    Raises:
+        ModelFileError: missing file, not a torch save, needs code to unpickle (with
+            ``unsafe=False``), or holds no state_dict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (PK..); the legacy format is a pickle (protocol 2+: 0x80).
+    if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):
+        raise ModelFileError(f"{path}: not a torch save file (it starts with {magic!r}, not a "
+                             "zip archive or a pickle)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
+        if unsafe or found is None:
+            raise ModelFileError(f"{path}: cannot be read as a torch save file "
+                                 f"({_first_line(err)})") from err
+        raise ModelFileError(
+            f"{path}: loading it needs code to unpickle ({found.group(0)}: the file holds "
+            "Python objects, e.g. a whole nn.Module, not only tensors). It was read with "
+            "torch.load(weights_only=True). If you trust the file, pass --unsafe-load "
+            "(torch.load(weights_only=False), which runs code from the file), or re-save it "
+            "with torch.save(model.state_dict(), path).") from err
+    except Exception as err:  # a corrupt or truncated file fails in many ways inside torch
+        raise ModelFileError(f"{path}: not a readable torch save file ({type(err).__name__}: "
+                             f"{_first_line(err)})") from err
+    if isinstance(obj, nn.Module):
+        return obj, dict(obj.state_dict())
+    state = obj
+    if isinstance(obj, Mapping) and not _all_tensors(obj):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                return inner, dict(inner.state_dict())
+            if isinstance(inner, Mapping) and _all_tensors(inner):
+                state = inner
+                break
+    if not isinstance(state, Mapping) or not _all_tensors(state) or not state:
+        what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) \
+            else type(obj).__name__
+        raise ModelFileError(f"{path}: found {what}, not a model or a state_dict (a dict of "
+                             "tensors, or a checkpoint with a 'state_dict' entry)")
+    return None, dict(state)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _all_tensors(d: Mapping) -> bool:
+    return all(isinstance(v, Tensor) for v in d.values())
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One weight tensor of a state_dict."""
+
+    name: str
+    shape: tuple[int, ...]
+    params: int
+    nonzeros: int
+    pattern: str
+    dense_bytes: int
+    packed_bytes: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / self.params if self.params else 0.0
+
+
+def _pattern(w: Tensor) -> str:
+    """What the zeros of ``w`` ([out, ...]) look like."""
+    if w.dim() < 2:
+        return "vector"
+    nz = w.reshape(w.shape[0], -1) != 0
+    if bool(nz.all()):
+        return "dense"
+    parts = []
+    k = nz.shape[1]
+    for n_of, m in ((2, 4), (1, 4), (4, 8)):
+        if k % m == 0 and int(nz.reshape(nz.shape[0], -1, m).sum(-1).max()) <= n_of:
+            parts.append(f"{n_of}:{m}")
+            break
+    empty_rows = int((~nz.any(1)).sum())
+    if empty_rows:
+        parts.append(f"{empty_rows} empty rows")
+    return ", ".join(parts) if parts else "unstructured"
+
+
+def effective_weights(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``{'fc.weight': tensor}``: ``*_orig * *_mask`` folded, packed layers unpacked."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("_mask") or not value.is_floating_point():
+            continue
+        if key.endswith("_orig"):
+            base = key[: -len("_orig")]
+            mask = state.get(base + "_mask")
+            out[base] = value * mask if mask is not None else value
+        else:
+            out[key] = value
+    return out
+
+
+def inspect_state(state: Mapping[str, Tensor]) -> list[LayerInfo]:
+    """Per weight (``*.weight`` with 2+ dims, and packed ``SparseLinear`` layers) of a state_dict.
+
+    Packed size is the CSR estimate of :func:`sparseprune.summary` (the smaller of CSR and dense).
+    """
+    rows = []
+    for key, w in effective_weights(state).items():
+        prefix = key.rpartition(".")[0]
+        if key.endswith(".values") and all(f"{prefix}.{p}" in state for p in _PACKED):
+            row_ptr = state[f"{prefix}.row_ptr"]
+            shape = CSR.shape_from_header(state[f"{prefix}.format_header"], name=prefix)
+            packed = sum(state[f"{prefix}.{p}"].numel() * state[f"{prefix}.{p}"].element_size()
+                         for p in _PACKED[:3])
+            rows.append(LayerInfo(prefix, tuple(shape), shape[0] * shape[1], int(w.numel()),
+                                  f"packed CSR ({row_ptr.numel() - 1} rows)",
+                                  shape[0] * shape[1] * w.element_size(), packed))
+            continue
+        if not (key == "weight" or key.endswith(".weight")) or w.dim() < 2:
+            continue
+        nnz = int(torch.count_nonzero(w))
+        dense = w.numel() * w.element_size()
+        packed = min(dense, csr_bytes(w.shape[0], w.numel() // w.shape[0], nnz,
+                                      w.element_size()))
+        rows.append(LayerInfo(key.rpartition(".")[0] or key, tuple(w.shape), w.numel(), nnz,
+                              _pattern(w), dense, packed))
+    return rows
+
+
+def format_layers(rows: list[LayerInfo]) -> str:
+    head = ("layer", "shape", "params", "nonzeros", "sparsity", "pattern", "dense B", "CSR B")
+    body = [(r.name, "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.nonzeros:,}",
+             f"{r.sparsity:.1%}", r.pattern, f"{r.dense_bytes:,}", f"{r.packed_bytes:,}")
+            for r in rows]
+    params, nnz = sum(r.params for r in rows), sum(r.nonzeros for r in rows)
+    total = ("total", "", f"{params:,}", f"{nnz:,}", f"{1 - nnz / params:.1%}" if params else "",
+             "", f"{sum(r.dense_bytes for r in rows):,}", f"{sum(r.packed_bytes for r in rows):,}")
+    widths = [max(len(c) for c in col) for col in zip(head, *body, total, strict=True)]
+    num = {2, 3, 4, 6, 7}
+    fmt = "  ".join(f"{{:{'>' if i in num else '<'}{w}}}" for i, w in enumerate(widths))
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    return "\n".join([fmt.format(*head), rule, *(fmt.format(*b) for b in body), rule,
+                      fmt.format(*total)])
+
+
+def median_time(fn: Callable[[], object], calls: int = 20, rounds: int = 5) -> float:
+    """Median seconds per call over ``rounds`` runs of ``calls`` calls (after a warm-up)."""
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - t0) / calls)
+    return statistics.median(samples)
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: bool = False,
+                 min_sparsity: float = 0.5, exclude: list[str] | None = None,
+                 batches: tuple[int, ...] = (1, 64), calls: int = 20) -> str:
+    """Pack a pruned model file's eligible Linear weights; returns the report text.
+
+    A whole module (``unsafe=True``) goes through :func:`sparseprune.convert` and is saved as a
+    module. A state_dict's 2-D ``*.weight`` tensors (masks folded) are packed as ``nn.Linear``
+    weights (``exclude`` others, e.g. embeddings) and saved as a state_dict that a converted model
+    loads (``SparseLinear`` keys: ``values``, ``col_idx``, ``row_ptr``, ``format_header``).
+    Each packed layer is timed against dense ``F.linear`` at ``batches``.
+    """
+    from ..convert import convert
+    from ..nn import SparseLinear
+
+    exclude = list(exclude or [])
+    module, state = load_model_file(path, unsafe=unsafe)
+    timings: list[tuple[str, nn.Linear, SparseLinear]] = []
+    if module is not None:
+        sparse, report = convert(module, min_sparsity=min_sparsity, exclude=exclude or None)
+        lines = [str(report)]
+        for row in report.converted:
+            timings.append((row.name, _as_linear(module.get_submodule(row.name)),
+                            sparse.get_submodule(row.name)))
+        torch.save(sparse, out)
+    else:
+        weights = effective_weights(state)
+        new: dict[str, Tensor] = {}
+        lines = [f"{'layer':<32} {'shape':<14} {'sparsity':>8}  result"]
+        done = set()
+        for key, w in weights.items():
+            prefix = key.rpartition(".")[0]
+            if not (key.endswith(".weight") or key == "weight") or w.dim() != 2 or \
+                    not w.is_floating_point():
+                continue
+            sparsity = float((w == 0).sum()) / w.numel()
+            result = None
+            if _matches(prefix, exclude):
+                result = "skipped: excluded"
+            elif sparsity < min_sparsity:
+                result = f"skipped: sparsity {sparsity:.3f} < min_sparsity {min_sparsity}"
+            if result is None:
+                bias = weights.get(f"{prefix}.bias" if prefix else "bias")
+                lin = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
+                with torch.no_grad():
+                    lin.weight.copy_(w)
+                    if bias is not None:
+                        lin.bias.copy_(bias)
+                packed = SparseLinear.from_dense(lin, name=prefix)
+                for k, v in packed.state_dict().items():
+                    new[f"{prefix}.{k}" if prefix else k] = v
+                done.update({key, f"{prefix}.bias" if prefix else "bias"})
+                timings.append((prefix, lin, packed))
+                result = f"csr[{str(packed.col_idx.dtype)[6:]}]"
+            lines.append(f"{prefix or '(root)':<32} {'x'.join(map(str, w.shape)):<14} "
+                         f"{sparsity:>8.3f}  {result}")
+        for key, value in weights.items():
+            if key not in done:
+                new[key] = value
+        lines.append(f"{len(timings)} converted (state_dict input: every 2-D '*.weight' is "
+                     "treated as an nn.Linear weight; --exclude others, e.g. embeddings)")
+        torch.save(new, out)
+    if timings:
+        lines += ["", f"measured speed, {torch.get_num_threads()} thread(s), ms per call:",
+                  f"{'layer':<32} " + "  ".join(f"{'b' + str(b) + ' dense':>10} "
+                                                f"{'sparse':>8} {'speedup':>7}" for b in batches)]
+        with torch.inference_mode():
+            for name, lin, packed in timings:
+                cells = []
+                for b in batches:
+                    x = torch.randn(b, lin.in_features)
+                    td = median_time(lambda x=x, lin=lin: lin(x), calls)
+                    ts = median_time(lambda x=x, p=packed: p(x), calls)
+                    cells.append(f"{td * 1e3:>10.3f} {ts * 1e3:>8.3f} {td / ts:>6.2f}x")
+                lines.append(f"{name or '(root)':<32} " + "  ".join(cells))
+    lines.append(f"\nwrote {os.fspath(out)}")
+    return "\n".join(lines)
+
+
+def _as_linear(module: nn.Module) -> nn.Linear:
+    """A plain dense copy (masks folded) of a Linear, for the dense timing."""
+    from ..nn.linear import dense_weight_of
+
+    lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(dense_weight_of(module))
+        if module.bias is not None:
+            lin.bias.copy_(module.bias.detach())
+    return lin
