@@ -119,7 +119,8 @@ bool csr_linear_py(const py::array& row_ptr, const py::array& col_idx, const py:
   const SellPack* sell = nullptr;
   if (!sell_obj.is_none()) {
     sell = sell_obj.cast<const SellPack*>();
-    require(sell->rows == w.rows && sell->cols == w.cols && sell->nnz == values.shape(0),
+    require(sell->rows == w.rows && sell->cols == w.cols && sell->nnz == values.shape(0) &&
+                sell->source_values == w.values && sell->source_row_ptr == w.row_ptr,
             "sell pack was built for a different weight");
   }
   require(x.ndim() == 2 && is_dtype<float>(x), "x must be a 2-D float32 array");

@@ -7,6 +7,13 @@
 
 namespace sparseprune {
 
+// Panels sit back to back in one buffer and are read with aligned 8-float loads.
+#define SP_KERNEL(isa, name, fn, format, mr, nr) \
+  static_assert((mr) % 8 == 0, name ": panel width must be a multiple of 8");
+#include "spmm/spmm_sell_kernels.inc"
+#include "spmm/spmm_kernels.inc"
+#undef SP_KERNEL
+
 const std::vector<KernelInfo>& all_kernels() {
   static const std::vector<KernelInfo> table = {
 #define SP_KERNEL(isa, name, fn, format, mr, nr) \

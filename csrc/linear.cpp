@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "common/thread_pool.h"
@@ -29,6 +30,8 @@ float* panel_scratch(size_t floats) {
     const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
     buf.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
     cap = buf ? bytes / sizeof(float) : 0;
+    // Thrown before any thread starts; pybind11 turns it into MemoryError.
+    if (!buf) throw std::bad_alloc();
   }
   return buf.get();
 }
@@ -138,7 +141,11 @@ void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_
                 int64_t ldx, const float* bias, float* y, int64_t ldy, int nthreads,
                 const LinearKernels& k) {
   if (batch <= 0 || w.rows <= 0) return;
-  const bool use_sell = sell != nullptr && k.sell != nullptr;
+  // Sell kernels split threads by 128-row blocks: a layer with fewer blocks than threads would
+  // leave threads idle, so it stays on the CSR panels, which split by rows.
+  const bool use_sell = sell != nullptr && k.sell != nullptr &&
+                        (nthreads <= 1 || sell->row_blocks >= nthreads ||
+                         (k.spmm_big == nullptr && k.spmv == nullptr));
   std::vector<Item> items = plan_items(batch, k, use_sell);
 
   size_t panel_floats = 0;
@@ -148,7 +155,8 @@ void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_
   for (Item& it : items) {
     if (it.mr == 0) continue;
     it.panel = scratch + off;
-    // mr is a multiple of 8 floats, so every panel stays 32-byte aligned (one ymm load each).
+    // mr is a multiple of 8 floats (checked where kernels are chosen), so every panel stays
+    // 32-byte aligned: one aligned ymm load per 8 floats.
     off += static_cast<size_t>(it.mr) * w.cols;
   }
 

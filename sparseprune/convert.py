@@ -109,7 +109,9 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
     exclude = list(exclude) if exclude is not None else []
     if not inplace:
         model = deepcopy_model(model)
-    candidates = [(n, m) for n, m in model.named_modules() if type(m) in _CONVERTERS]
+    # remove_duplicate=False: a layer shared under several names is replaced at every name.
+    candidates = [(n, m) for n, m in model.named_modules(remove_duplicate=False)
+                  if type(m) in _CONVERTERS]
     names = [n for n, _ in candidates]
     if include is not None:
         _check_patterns("include", include, names)
@@ -117,6 +119,7 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
 
     rows = []
     replaced_root = None
+    converted: dict[int, nn.Module] = {}  # id(original) -> its replacement, for shared layers
     for name, module in candidates:
         weight = dense_weight_of(module)
         numel = weight.numel()
@@ -137,11 +140,13 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
                                     reason=f"sparsity {sparsity:.3f} < min_sparsity "
                                            f"{min_sparsity}"))
             continue
-        new = _CONVERTERS[type(module)](module, name)
+        new = converted.get(id(module))
+        if new is None:
+            new = converted[id(module)] = _CONVERTERS[type(module)](module, name)
         if name == "":
             replaced_root = new
         else:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
-        rows.append(LayerReport(**row, format=f"csr[{str(new.col_idx.dtype)[6:]}]"))
+        rows.append(LayerReport(**row, format=str(getattr(new, "format", type(new).__name__))))
     return (replaced_root if replaced_root is not None else model), ConvertReport(tuple(rows))

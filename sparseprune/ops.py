@@ -16,13 +16,11 @@ import torch
 
 from . import _C
 
+# csr_linear_eager, csr_linear_arrays, weight_arrays and prepack_sell are deliberately not
+# exported: they trust their CSR input (validated once by CSR.from_tensors / SparseLinear), and a
+# kernel run on unchecked indices could read out of bounds.
 __all__ = [
     "csr_linear",
-    "csr_linear_eager",
-    "csr_linear_arrays",
-    "prepack_sell",
-    "SELL_MIN_BATCH",
-    "weight_arrays",
     "validate_csr",
     "list_kernels",
     "cpu_info",
@@ -143,8 +141,8 @@ def csr_linear(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
                kernel: str = "") -> torch.Tensor:
     """y = x Wᵀ + bias with W [rows, cols] in CSR.
 
-    The caller (``SparseLinear``) has validated the CSR data once; this checks only cheap things
-    (dtypes, contiguity, sizes) in the extension before the kernel runs.
+    Eager calls validate the CSR data in full first (O(nnz)); ``SparseLinear`` avoids that cost by
+    validating once and calling the trusted internals. Traced calls (the custom op) trust it.
 
     Args:
         x: [B, cols] float32, contiguous, CPU.
@@ -160,6 +158,9 @@ def csr_linear(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
     if kernel or not is_tracing():
         # Eager calls skip the custom-op dispatcher: it costs ~30 us a call, more than a small
         # layer's whole kernel.
+        problem = validate_csr(row_ptr, col_idx, values, cols)
+        if problem:
+            raise ValueError(f"csr_linear: invalid CSR data: {problem}")
         return _csr_linear_impl(x, row_ptr, col_idx, values, bias, cols, kernel)
     return _csr_linear_op(x, row_ptr, col_idx, values, bias, cols)
 

@@ -28,7 +28,7 @@ def assert_close_linear(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     assert y.dtype == torch.float32
     finite = torch.isfinite(ref)
     err = (y.double() - ref).abs()
-    bad = finite & (err > bound)
+    bad = finite & ~(err <= bound)  # NaN errors count as bad
     assert not bad.any(), f"max excess error {(err - bound)[finite].max().item():.3e}"
     # Non-finite references must be matched exactly in kind (NaN / +Inf / -Inf).
     assert torch.equal(torch.isnan(y[~finite]), torch.isnan(ref[~finite]))

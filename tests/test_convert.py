@@ -70,3 +70,15 @@ def test_layer_names_reach_error_messages():
     sparse, _ = convert(_mlp())
     with pytest.raises(ValueError, match="'2'"):
         sparse[2](torch.randn(3, 63))
+
+
+def test_a_layer_shared_under_two_names_is_replaced_at_both():
+    shared = nn.Linear(16, 16)
+    with torch.no_grad():
+        shared.weight.mul_(torch.rand(16, 16) > 0.8)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    out, report = convert(model)
+    assert isinstance(out[0], SparseLinear) and out[0] is out[2]
+    assert [r.name for r in report.converted] == ["0", "2"]
+    x = torch.randn(3, 16)
+    assert torch.allclose(out(x), model(x), atol=1e-5)

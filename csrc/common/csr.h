@@ -24,7 +24,7 @@ using SpmvFn = void (*)(const CsrMatrix& w, const float* x, const float* bias, f
                         int64_t r0, int64_t r1);
 
 // The panel path for a batch of up to MR rows of activations packed transposed:
-// panel[k * MR + r] = x[r, k] (zero for r >= nvalid), 64-byte aligned.
+// panel[k * MR + r] = x[r, k] (zero for r >= nvalid), 32-byte aligned (MR is a multiple of 8).
 // Writes y[r * ldy + o] = bias[o] + sum_j W[o, j] x[r, j] for r < nvalid, o in [r0, r1).
 using SpmmFn = void (*)(const CsrMatrix& w, const float* panel, int64_t nvalid, const float* bias,
                         float* y, int64_t ldy, int64_t r0, int64_t r1);

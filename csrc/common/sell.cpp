@@ -74,6 +74,8 @@ SellPack prepack_sell(const CsrMatrix& w) {
   s.rows = w.rows;
   s.cols = w.cols;
   s.nnz = w.row_ptr[w.rows];
+  s.source_values = w.values;
+  s.source_row_ptr = w.row_ptr;
   s.row_blocks = (w.rows + kSellRowBlock - 1) / kSellRowBlock;
   s.col_blocks = std::max<int64_t>(1, (w.cols + kSellColBlock - 1) / kSellColBlock);
   if (w.index_bits == 16) {

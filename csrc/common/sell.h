@@ -19,9 +19,13 @@ namespace sparseprune {
 constexpr int kSellRowBlock = 128;  // rows per tile: the tile's partial sums stay in L1
 constexpr int kSellColBlock = 256;  // columns per tile: offsets fit in uint8
 constexpr int kSellChunk = 4;       // rows in lockstep
+static_assert(kSellColBlock <= 256, "column offsets within a block are stored as uint8");
 
 struct SellPack {
   int64_t rows = 0, cols = 0, nnz = 0;
+  // The CSR buffers it was built from: a pack is only used with exactly those.
+  const void* source_values = nullptr;
+  const void* source_row_ptr = nullptr;
   int64_t row_blocks = 0, col_blocks = 0;
   // Chunks of tile t = rb * col_blocks + kb are [tile_chunk[t], tile_chunk[t + 1]).
   std::vector<int64_t> tile_chunk;

@@ -26,13 +26,22 @@ def dense_weight_of(linear: nn.Module) -> torch.Tensor:
     return linear.weight.detach()
 
 
+def _identity(t: torch.Tensor | None) -> tuple:
+    """What must not change for cached NumPy views of ``t`` to stay valid and current: the
+    object, its storage (``share_memory_``, ``set_`` move it) and its version (in-place edits)."""
+    if t is None:
+        return (None,)
+    return (id(t), t.data_ptr(), t._version)
+
+
 class _Packed:
-    """Per-module cache: the buffers it was made from, their NumPy views, the SELL-C copy."""
+    """Per-module cache, keyed by the buffers' identities: their NumPy views (after a full
+    validation) and the SELL-C copy once built."""
 
-    __slots__ = ("row_ptr", "col_idx", "values", "bias", "arrays", "sell")
+    __slots__ = ("key", "arrays", "sell")
 
-    def __init__(self, row_ptr, col_idx, values, bias):
-        self.row_ptr, self.col_idx, self.values, self.bias = row_ptr, col_idx, values, bias
+    def __init__(self, key: tuple, row_ptr, col_idx, values, bias):
+        self.key = key
         self.arrays = ops.weight_arrays(row_ptr, col_idx, values, bias)
         self.sell = None
 
@@ -83,6 +92,11 @@ class SparseLinear(nn.Module):
         self.register_buffer("format_header", weight.header())
 
     @property
+    def format(self) -> str:
+        """The packed format, e.g. ``"csr[uint16]"``."""
+        return f"csr[{str(self.col_idx.dtype).replace('torch.', '')}]"
+
+    @property
     def weight(self) -> CSR:
         """The packed weight as a CSR view of this module's buffers."""
         return CSR(self.row_ptr, self.col_idx, self.values, (self.out_features, self.in_features))
@@ -120,16 +134,37 @@ class SparseLinear(nn.Module):
         return f"SparseLinear{label} [{self.out_features}x{self.in_features}]"
 
     def _packed(self) -> _Packed:
-        """NumPy views of the packed buffers (and the SELL-C copy once built), remade only when
-        a buffer object changes (``load_state_dict``, ``.to()``, assignment); in-place edits
-        share the same memory."""
+        """NumPy views of the packed buffers (and the SELL-C copy once built). Remade, after a
+        full validation, whenever a buffer changes in any way (assignment, ``load_state_dict``,
+        ``.to()``, ``share_memory_()``, in-place edits), so a kernel never sees unchecked data."""
         # Module.__getattr__ costs ~2 us per buffer; these dict lookups cost ~50 ns each.
         bufs = self._buffers
+        key = (_identity(bufs["row_ptr"]), _identity(bufs["col_idx"]),
+               _identity(bufs["values"]), _identity(bufs["bias"]))
         p = self.__dict__.get("_packed_cache")
-        if (p is None or p.row_ptr is not bufs["row_ptr"] or p.col_idx is not bufs["col_idx"]
-                or p.values is not bufs["values"] or p.bias is not bufs["bias"]):
-            p = _Packed(bufs["row_ptr"], bufs["col_idx"], bufs["values"], bufs["bias"])
-            self.__dict__["_packed_cache"] = p
+        if p is None or p.key != key:
+            p = self._repack()
+        return p
+
+    def _repack(self) -> _Packed:
+        bufs = self._buffers
+        weight = CSR.from_tensors(bufs["row_ptr"], bufs["col_idx"], bufs["values"],
+                                  (self.out_features, self.in_features), name=self._where())
+        bias = bufs["bias"]
+        if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (
+                self.out_features,) or not bias.is_cpu):
+            raise ValueError(f"{self._where()}: bias must be a float32 CPU tensor of shape "
+                             f"({self.out_features},), got {bias.dtype} {tuple(bias.shape)}")
+        if bias is not None and not bias.is_contiguous():
+            bufs["bias"] = bias = bias.contiguous()
+        # from_tensors may have made contiguous copies: keep the validated tensors themselves.
+        for name in ("row_ptr", "col_idx", "values"):
+            if bufs[name] is not getattr(weight, name):
+                bufs[name] = getattr(weight, name)
+        key = (_identity(bufs["row_ptr"]), _identity(bufs["col_idx"]),
+               _identity(bufs["values"]), _identity(bias))
+        p = _Packed(key, bufs["row_ptr"], bufs["col_idx"], bufs["values"], bias)
+        self.__dict__["_packed_cache"] = p
         return p
 
     def _sell(self):
@@ -190,7 +225,14 @@ class SparseLinear(nn.Module):
         # The packed buffers change size with nnz, so they are replaced (after validation)
         # rather than copied into; the base class then loads the rest (bias) as usual.
         keys = {k: prefix + k for k in ("row_ptr", "col_idx", "values", "format_header")}
-        if all(v in state_dict for v in keys.values()):
+        present = [k for k, v in keys.items() if v in state_dict]
+        if present and len(present) < len(keys):
+            # Copying some packed buffers in place without the others (and without the header)
+            # would leave an unchecked, inconsistent weight; refuse even with strict=False.
+            missing = sorted(set(keys) - set(present))
+            raise ValueError(f"{self._where()}: state_dict has {present} but not {missing}; "
+                             "packed weights load as a whole")
+        if present:
             where = self._where()
             rows, cols = CSR.shape_from_header(state_dict[keys["format_header"]], name=where)
             if (rows, cols) != (self.out_features, self.in_features):
@@ -202,7 +244,6 @@ class SparseLinear(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
-        w = self.weight
-        index = str(w.col_idx.dtype).replace("torch.", "")
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, sparsity={w.sparsity:.3f}, format=csr[{index}]")
+                f"bias={self.bias is not None}, sparsity={self.weight.sparsity:.3f}, "
+                f"format={self.format}")

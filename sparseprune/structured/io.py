@@ -61,6 +61,9 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
         if name not in mods:
             raise ValueError(f"{path}: module {name!r} not in {type(model).__name__}")
         for attr, value in attrs.items():
+            if attr not in WIDTH_ATTRS:
+                raise ValueError(f"{path}: module {name!r}: {attr!r} is not a width attribute "
+                                 f"(expected one of {WIDTH_ATTRS})")
             setattr(mods[name], attr, value)
     sd = data["state_dict"]
     for key, shape in data["widths"]["shapes"].items():
@@ -71,6 +74,9 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
             raise ValueError(f"{path}: tensor {key!r} not in {type(model).__name__}")
         if list(old.shape) == list(shape):
             continue
+        if key not in sd:
+            raise ValueError(f"{path}: the state_dict has no tensor {key!r} for the recorded "
+                             f"shape {list(shape)}")
         new = torch.empty(shape, dtype=sd[key].dtype)
         if isinstance(old, nn.Parameter):
             setattr(mod, attr, nn.Parameter(new, requires_grad=old.requires_grad))

@@ -61,6 +61,7 @@ EDGE_CASES = {
     "m_many_panels": LinearCase(m=64, n=50, k=300),
     "batch0": LinearCase(m=0, n=16, k=32),
     "batch1": LinearCase(m=1, n=129, k=257),
+    "k0": LinearCase(m=20, n=130, k=0),
     "k1": LinearCase(m=9, n=7, k=1, sparsity=0.0),
     "k_odd_dense": LinearCase(m=5, n=13, k=37, sparsity=0.0),
     "n0": LinearCase(m=4, n=0, k=8),

@@ -31,7 +31,8 @@ def test_auto_random_shapes(m, n, k, sparsity, bias, empty_rows, seed):
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
 def test_threads_give_the_same_result(threads):
-    case = LinearCase(m=33, n=300, k=700, sparsity=0.8, sell=True)
+    # n = 1000: 8 row blocks, so every thread count here keeps the SELL-C path.
+    case = LinearCase(m=33, n=1000, k=700, sparsity=0.8, sell=True)
     ops.set_num_threads(threads)
     try:
         case.check("")
@@ -77,6 +78,36 @@ def _defaults_under(isa: str) -> list[str]:
 def test_isa_cap_scalar_selects_only_scalar_variants():
     names = _defaults_under("scalar")
     assert names and all(n.endswith("_scalar") for n in names), names
+
+
+def test_auto_paths_under_the_scalar_cap():
+    # The default choice differs under SPARSEPRUNE_ISA=scalar (scalar CSR and SELL-C rows only):
+    # run the automatic-path tests again in a process where that choice is made.
+    env = dict(os.environ, SPARSEPRUNE_ISA="scalar")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          f"{__file__}::test_auto_batches_and_sparsities",
+                          f"{__file__}::test_threads_give_the_same_result"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+def test_a_sell_pack_only_runs_with_its_own_weight():
+    from sparseprune.formats import CSR
+
+    a, b = CSR.from_dense(torch.eye(16)), CSR.from_dense(2 * torch.eye(16))
+    arrays_a = ops.weight_arrays(a.row_ptr, a.col_idx, a.values, None)
+    arrays_b = ops.weight_arrays(b.row_ptr, b.col_idx, b.values, None)
+    pack_b = ops.prepack_sell(arrays_b, 16)
+    with pytest.raises(ValueError, match="different weight"):
+        ops.csr_linear_arrays(torch.randn(16, 16), arrays_a, 16, 16, sell=pack_b)
+
+
+def test_public_csr_linear_validates_its_input():
+    row_ptr = torch.tensor([0, 1, 2])
+    col_idx = torch.tensor([0, 9], dtype=torch.uint16)
+    with pytest.raises(ValueError, match="out of range"):
+        ops.csr_linear(torch.randn(2, 4), row_ptr, col_idx, torch.ones(2), None, 4)
 
 
 def test_isa_cap_avx2_matches_cpu():

@@ -62,11 +62,15 @@ def test_other_float_dtypes_compute_in_float32(dtype):
     x = torch.randn(4, 96).to(dtype)
     y = sp(x)
     assert y.dtype == dtype
-    ref = sp(x.float()).to(dtype)
-    assert torch.equal(y, ref)
+    # The float32 result of the rounded input, rounded once to the input's dtype.
+    x32 = x.float()
+    assert_close_linear(y.float() if dtype == torch.float64 else sp(x32), x32,
+                        lin.weight.detach(), lin.bias.detach())
+    assert torch.equal(y, sp(x32).to(dtype))
 
 
-def test_nan_and_inf_propagate_like_torch():
+@pytest.mark.parametrize("batch", [3, 5, 20])  # SpMV, CSR panels, SELL-C panels
+def test_nan_and_inf_propagate_like_torch(batch):
     lin = nn.Linear(4, 3)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]]))
@@ -74,12 +78,13 @@ def test_nan_and_inf_propagate_like_torch():
     sp = SparseLinear.from_dense(lin)
     x = torch.tensor([[float("nan"), 1.0, 1.0, 2.0],
                       [1.0, float("inf"), 1.0, 2.0],
-                      [1.0, 3.0, 1.0, 2.0]])
+                      [1.0, 3.0, 1.0, 2.0]]).repeat(batch, 1)[:batch]
     y = sp(x)
     ref = lin(x).detach()
     assert torch.equal(torch.isnan(y), torch.isnan(ref))
     assert torch.isnan(y[0]).all() and torch.isnan(y[1]).any()
     assert torch.equal(y[2], ref[2])
+    assert torch.equal(y[~torch.isnan(ref)], ref[~torch.isnan(ref)])
 
 
 def test_bad_inputs_get_clear_errors():
@@ -173,3 +178,51 @@ def test_large_batches_use_the_sell_pack_and_rebuild_it_after_loading():
     sp.load_state_dict(SparseLinear.from_dense(other).state_dict())
     assert sp._sell() is not first  # new buffers, new pack
     assert_close_linear(sp(x), x, other.weight.detach(), other.bias.detach())
+
+
+def test_partial_packed_state_dict_is_refused_even_non_strict():
+    sp = SparseLinear.from_dense(_pruned_linear())
+    state = sp.state_dict()
+    del state["format_header"]
+    state["row_ptr"] = state["row_ptr"].clone()
+    state["row_ptr"][5] = 10**9
+    fresh = SparseLinear.from_dense(_pruned_linear())
+    before = fresh.row_ptr.clone()
+    with pytest.raises(ValueError, match="load as a whole"):
+        fresh.load_state_dict(state, strict=False)
+    assert torch.equal(fresh.row_ptr, before)
+
+
+def test_unvalidated_weights_never_reach_a_kernel():
+    from sparseprune.formats import CSR
+
+    bad = CSR(torch.tensor([0, 2_000_000_000, 2]), torch.tensor([0, 1], dtype=torch.uint16),
+              torch.ones(2), (2, 4))
+    sp = SparseLinear(4, 2, weight=bad)
+    with pytest.raises(ValueError, match="invalid CSR data"):
+        sp(torch.randn(3, 4))
+    good = SparseLinear.from_dense(_pruned_linear())
+    good.col_idx[0] = 60000  # in-place corruption after construction
+    with pytest.raises(ValueError, match="out of range"):
+        good(torch.randn(3, 96))
+
+
+@pytest.mark.parametrize("batch", [2, 6, 16])
+def test_in_place_edits_reach_every_kernel_path(batch):
+    lin = _pruned_linear(k=300, n=200, sparsity=0.8)
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(batch, 300)
+    sp(x)  # builds the cached views (and the SELL-C copy at batch 16)
+    with torch.no_grad():
+        sp.values.mul_(2.0)
+        lin.weight.mul_(2.0)
+    assert_close_linear(sp(x), x, lin.weight.detach(), lin.bias.detach())
+
+
+def test_share_memory_keeps_results_right():
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(20, 96)
+    before = sp(x)
+    sp.share_memory()  # moves every buffer to new (shared) storage
+    assert torch.equal(sp(x), before)
