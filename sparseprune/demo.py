@@ -53,7 +53,7 @@ class DemoConfig:
     timing_calls: int = 30
 
 
-QUICK = DemoConfig(base_epochs=10, ft_epochs=11, iter_round_epochs=0, lth_epochs=15,
+QUICK = DemoConfig(base_epochs=10, ft_epochs=11, iter_round_epochs=0, lth_epochs=12,
                    lth_levels=(0.9, 0.95), sens_rates=(0.5, 0.8, 0.9, 0.95, 0.98), cnn=False,
                    timing_calls=10)
 
