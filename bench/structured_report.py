@@ -47,11 +47,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64x64 inputs, batch 1, 1 thread")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--layout", choices=["contiguous", "channels_last"], default="channels_last")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma list")
+    ap.add_argument("--amounts", default="0,0.3,0.5,0.7", help="fractions of channels removed")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", default="1,2")
     args = ap.parse_args()
     size = 64 if args.quick else 224
-    batches = (1,) if args.quick else (1, 32)
-    threads = (1,) if args.quick else (1, 2)
-    amounts = (0.0, 0.3, 0.5, 0.7)
+    batches = (1,) if args.quick else tuple(int(v) for v in args.batches.split(","))
+    threads = (1,) if args.quick else tuple(int(v) for v in args.threads.split(","))
+    amounts = tuple(float(v) for v in args.amounts.split(","))
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        ap.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
     fmt = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
     print(f"fp32, {size}x{size}, layout {args.layout}, median of {args.rounds} interleaved runs, "
           f"torch {torch.__version__}")
@@ -59,6 +66,8 @@ def main() -> None:
           "| speedup | speedup / MAC reduction |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, factory in MODELS.items():
+        if name not in args.models.split(","):
+            continue
         torch.manual_seed(0)
         model = randomize_bn(factory()).eval()
         x1 = torch.randn(1, 3, size, size)
