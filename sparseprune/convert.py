@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import statistics
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._modules import deepcopy_model
@@ -44,6 +48,7 @@ class LayerReport:
     sparsity: float
     format: str | None
     reason: str = ""
+    speedup: float | None = None  # measured vs dense when convert() got example_inputs
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,14 @@ class ConvertReport:
         return [r for r in self.layers if r.format is None]
 
     def __str__(self) -> str:
-        head = f"{'layer':<32} {'type':<10} {'shape':<14} {'sparsity':>8}  result"
+        head = f"{'layer':<32} {'type':<10} {'shape':<14} {'sparsity':>8}  {'speed':>6}  result"
         lines = [head, "-" * len(head)]
         for r in self.layers:
             shape = "x".join(str(s) for s in r.shape)
             result = r.format if r.format is not None else f"skipped: {r.reason}"
+            speed = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
             lines.append(f"{r.name or '(root)':<32} {r.type:<10} {shape:<14} "
-                         f"{r.sparsity:>8.3f}  {result}")
+                         f"{r.sparsity:>8.3f}  {speed:>6}  {result}")
         lines.append(f"{len(self.converted)} converted, {len(self.skipped)} skipped")
         return "\n".join(lines)
 
@@ -83,9 +89,48 @@ def _check_patterns(what: str, patterns: list[str], names: list[str]) -> None:
                          f"candidates are {names}")
 
 
+def _capture_inputs(model: nn.Module, modules: list[nn.Module],
+                    example_inputs: tuple) -> dict[int, torch.Tensor]:
+    """The first input each of ``modules`` sees when ``model`` runs on ``example_inputs``."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def hook(module, args):
+        seen.setdefault(id(module), args[0].detach())
+
+    handles = [m.register_forward_pre_hook(hook) for m in {id(m): m for m in modules}.values()]
+    try:
+        with torch.inference_mode():
+            model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _measured_speedup(dense: Callable[[], object], sparse: Callable[[], object],
+                      rounds: int = 5, budget_s: float = 0.004) -> float:
+    """Median over alternating rounds of dense time / sparse time (same input, 1 call warm-up)."""
+    with torch.inference_mode():
+        dense(), sparse()
+        t0 = time.perf_counter()
+        sparse()
+        calls = max(1, int(budget_s / max(time.perf_counter() - t0, 1e-7)))
+        ratios = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                dense()
+            t1 = time.perf_counter()
+            for _ in range(calls):
+                sparse()
+            ratios.append((t1 - t0) / max(time.perf_counter() - t1, 1e-9))
+    return statistics.median(ratios)
+
+
 def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[str] | None = None,
-            exclude: Iterable[str] | None = None,
-            inplace: bool = False) -> tuple[nn.Module, ConvertReport]:
+            exclude: Iterable[str] | None = None, inplace: bool = False,
+            example_inputs: tuple | torch.Tensor | None = None,
+            min_speedup: float = 1.0) -> tuple[nn.Module, ConvertReport]:
     """Replaces eligible ``nn.Linear`` layers (plain or carrying prune masks) by ``SparseLinear``.
 
     A layer is converted when its effective weight (``weight_orig * weight_mask`` if it carries a
@@ -99,6 +144,12 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
         include: only these layers are considered.
         exclude: these layers stay dense.
         inplace: modify ``model`` itself instead of a deep copy.
+        example_inputs: optional input(s) the model is run on once (batch size included): each
+            layer then gets the input it would see, its sparse replacement is timed against the
+            dense ``F.linear`` on it, and the layer stays dense unless it is at least
+            ``min_speedup`` times faster (the report gives the measured ratio). Without it,
+            sparsity alone decides, and a small layer at batch 1 can end up slower than dense.
+        min_speedup: see ``example_inputs``.
 
     Returns:
         (the converted model, a ``ConvertReport`` with one row per candidate layer).
@@ -116,6 +167,12 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
     if include is not None:
         _check_patterns("include", include, names)
     _check_patterns("exclude", exclude, names)
+
+    captured: dict[int, torch.Tensor] = {}
+    if example_inputs is not None:
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        captured = _capture_inputs(model, [m for _, m in candidates], tuple(example_inputs))
 
     rows = []
     replaced_root = None
@@ -141,12 +198,26 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
                                            f"{min_sparsity}"))
             continue
         new = converted.get(id(module))
+        speedup = None
         if new is None:
-            new = converted[id(module)] = _CONVERTERS[type(module)](module, name)
+            new = _CONVERTERS[type(module)](module, name)
+            x = captured.get(id(module))
+            if x is not None:
+                bias = module.bias.detach() if module.bias is not None else None
+                speedup = _measured_speedup(lambda x=x, w=weight, b=bias: F.linear(x, w, b),
+                                            lambda x=x, new=new: new(x))
+                if speedup < min_speedup:
+                    rows.append(LayerReport(
+                        **row, format=None, speedup=speedup,
+                        reason=f"measured {speedup:.2f}x vs dense at batch "
+                               f"{x.reshape(-1, x.shape[-1]).shape[0]} < {min_speedup}"))
+                    continue
+            converted[id(module)] = new
         if name == "":
             replaced_root = new
         else:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
-        rows.append(LayerReport(**row, format=str(getattr(new, "format", type(new).__name__))))
+        rows.append(LayerReport(**row, format=str(getattr(new, "format", type(new).__name__)),
+                                speedup=speedup))
     return (replaced_root if replaced_root is not None else model), ConvertReport(tuple(rows))

@@ -82,3 +82,28 @@ def test_a_layer_shared_under_two_names_is_replaced_at_both():
     assert [r.name for r in report.converted] == ["0", "2"]
     x = torch.randn(3, 16)
     assert torch.allclose(out(x), model(x), atol=1e-5)
+
+
+def test_example_inputs_measure_each_layer_and_report_it():
+    model = _mlp()
+    x = torch.randn(8, 32)
+    sparse, report = convert(model, example_inputs=x)
+    for r in report.converted:
+        assert r.speedup is not None and r.speedup >= 1.0
+    assert torch.allclose(sparse(x), model(x), atol=1e-5)
+    text = str(report)
+    for r in report.layers:
+        if r.speedup is not None:
+            assert f"{r.speedup:.2f}x" in text
+
+
+def test_min_speedup_keeps_slower_layers_dense():
+    # No sparse layer is 1000x faster than dense: every candidate must stay dense, with the
+    # measured ratio in the reason.
+    model = _mlp()
+    sparse, report = convert(model, example_inputs=(torch.randn(1, 32),), min_speedup=1000.0)
+    assert not report.converted
+    measured = [r for r in report.skipped if r.speedup is not None]
+    assert [r.name for r in measured] == ["0", "2"]
+    assert all("measured" in r.reason and "< 1000.0" in r.reason for r in measured)
+    assert all(isinstance(m, nn.Linear) for m in sparse if not isinstance(m, nn.ReLU))
