@@ -77,3 +77,15 @@ def test_summary_uses_current_weights_after_an_update(make_mlp):
     with torch.no_grad():
         model[0].weight_orig.fill_(0.0)  # the stale .weight attribute would still be nonzero
     assert summary(model).rows[0].nonzeros == 0
+
+
+def test_csr_size_estimate_matches_the_real_packer():
+    import torch
+
+    from sparseprune.formats import CSR
+    from sparseprune.pruning.summary import csr_bytes
+
+    for rows, cols, sparsity in [(7, 13, 0.5), (64, 65536, 0.99), (3, 70000, 0.9), (5, 1, 0.0)]:
+        w = torch.randn(rows, cols) * (torch.rand(rows, cols) >= sparsity)
+        packed = CSR.from_dense(w)
+        assert csr_bytes(rows, cols, packed.nnz) == packed.nbytes, (rows, cols)
