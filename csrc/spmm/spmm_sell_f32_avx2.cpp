@@ -37,6 +37,21 @@ void run(const SellPack& w, const float* panel, int64_t nvalid, const float* bia
         const float* v = w.values.data() + w.chunk_step[c] * kSellChunk;
         const uint8_t* o = w.offsets.data() + w.chunk_step[c] * kSellChunk;
         const float* vend = w.values.data() + w.chunk_step[c + 1] * kSellChunk;
+        if (V == 1) {
+          // One ymm per row gives only 4 FMA chains, too few to cover the FMA latency: odd
+          // steps go to a second set of accumulators, summed after the chunk.
+          __m256 z[4];
+          for (int i = 0; i < 4; ++i) z[i] = _mm256_setzero_ps();
+          for (; v + 2 * kSellChunk <= vend; v += 2 * kSellChunk, o += 2 * kSellChunk) {
+            for (int i = 0; i < 4; ++i) {
+              const __m256 w0 = _mm256_broadcast_ss(v + i);
+              const __m256 w1 = _mm256_broadcast_ss(v + kSellChunk + i);
+              x[i][0] = _mm256_fmadd_ps(w0, _mm256_load_ps(pan + o[i] * MR), x[i][0]);
+              z[i] = _mm256_fmadd_ps(w1, _mm256_load_ps(pan + o[kSellChunk + i] * MR), z[i]);
+            }
+          }
+          for (int i = 0; i < 4; ++i) x[i][0] = _mm256_add_ps(x[i][0], z[i]);
+        }
         for (; v < vend; v += kSellChunk, o += kSellChunk) {
           for (int i = 0; i < 4; ++i) {
             const float* p = pan + o[i] * MR;
