@@ -42,6 +42,13 @@ def interleaved(a, b, x, rounds: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
+def _fuse(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every eval-mode BatchNorm folded into the conv before it (a copy)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(model)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="64x64 inputs, batch 1, 1 thread")
@@ -51,6 +58,8 @@ def main() -> None:
     ap.add_argument("--amounts", default="0,0.3,0.5,0.7", help="fractions of channels removed")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--fuse-bn", action="store_true",
+                    help="fold eval BatchNorm into the preceding conv in both models (deployment)")
     args = ap.parse_args()
     size = 64 if args.quick else 224
     batches = (1,) if args.quick else tuple(int(v) for v in args.batches.split(","))
@@ -60,7 +69,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown model(s) {sorted(unknown)}; choose from {list(MODELS)}")
     fmt = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
-    print(f"fp32, {size}x{size}, layout {args.layout}, median of {args.rounds} interleaved runs, "
+    print(f"fp32, {size}x{size}, layout {args.layout}, BN {'folded' if args.fuse_bn else 'kept'}, "
+          f"median of {args.rounds} interleaved runs, "
           f"torch {torch.__version__}")
     print("| model | removed | MACs (G) | MAC reduction | batch | threads | dense ms | pruned ms "
           "| speedup | speedup / MAC reduction |")
@@ -73,10 +83,10 @@ def main() -> None:
         x1 = torch.randn(1, 3, size, size)
         macs0 = count_macs(model, x1)
         graph = plan(model, x1, amount=0.0).graph
-        dense = model.to(memory_format=fmt)
+        dense = (_fuse(model) if args.fuse_bn else model).to(memory_format=fmt)
         for amount in amounts:
-            small = plan(model, x1, amount=amount, graph=graph).apply()
-            small = small.to(memory_format=fmt).eval()
+            small = plan(model, x1, amount=amount, graph=graph).apply().eval()
+            small = (_fuse(small) if args.fuse_bn else small).to(memory_format=fmt)
             red = macs0 / count_macs(small, x1)
             for batch in batches:
                 x = torch.randn(batch, 3, size, size).to(memory_format=fmt)

@@ -9,6 +9,7 @@ from .budget import CostModel, count_macs, count_params
 from .graph import DependencyGraph, Group, StructuredTraceError, Unprunable, trace
 from .importance import IMPORTANCE, BNScale, LpNorm, Random, Taylor
 from .io import load_pruned, save_pruned, width_config
+from .mha import HeadPrunedMultiheadAttention
 from .planner import Plan, PlanConfig, plan
 from .rules import register_module_rule
 from .surgery import StructuredPruningError, apply_plan, masked_model
@@ -19,6 +20,7 @@ __all__ = [
     "CostModel",
     "DependencyGraph",
     "Group",
+    "HeadPrunedMultiheadAttention",
     "LpNorm",
     "Plan",
     "PlanConfig",

@@ -247,6 +247,8 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self._extra_leaves and isinstance(m, self._extra_leaves):
             return True
+        if isinstance(m, nn.MultiheadAttention):  # also HeadPrunedMultiheadAttention
+            return True
         return super().is_leaf_module(m, qualname)
 
 

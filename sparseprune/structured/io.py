@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .mha import mark_head_pruned
 from .rules import HEAD_ATTRS
 
 __all__ = ["WIDTH_ATTRS", "load_pruned", "save_pruned", "width_config"]
@@ -65,6 +66,7 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
                 raise ValueError(f"{path}: module {name!r}: {attr!r} is not a width attribute "
                                  f"(expected one of {WIDTH_ATTRS})")
             setattr(mods[name], attr, value)
+    mark_head_pruned(model)
     sd = data["state_dict"]
     for key, shape in data["widths"]["shapes"].items():
         mod_name, _, attr = key.rpartition(".")

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .mha import mark_head_pruned
+
 if TYPE_CHECKING:
     from .planner import Plan
 
@@ -86,6 +88,7 @@ def apply_plan(plan: Plan, *, inplace: bool = False, channels_last: bool = False
         _set_tensor(model, att.tensor, t.detach().index_select(att.dim, idx).clone())
     for (mod_name, attr), atoms in graph.attrs.items():
         setattr(model.get_submodule(mod_name), attr, int(plan.keep_of(atoms).sum()))
+    mark_head_pruned(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     _check(plan, model)

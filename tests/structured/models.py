@@ -230,11 +230,25 @@ class SplitAttention(nn.Module):
         return self.out(y.transpose(1, 2).flatten(2))
 
 
+class TorchMHA(nn.Module):
+    """``nn.MultiheadAttention`` self-attention (its heads are pruned, embed_dim is kept)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
 class ViTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int, split: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, mlp: int, split: bool | str = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = SplitAttention(dim, heads) if split else Attention(dim, heads)
+        if split == "mha":
+            self.attn = TorchMHA(dim, heads)
+        else:
+            self.attn = SplitAttention(dim, heads) if split else Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
 
@@ -245,7 +259,8 @@ class ViTBlock(nn.Module):
 
 class ViT(nn.Module):
     def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, mlp: int = 128,
-                 patch: int = 8, image: int = 32, classes: int = 10, split: bool = False) -> None:
+                 patch: int = 8, image: int = 32, classes: int = 10,
+                 split: bool | str = False) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, patch, patch)
         n = (image // patch) ** 2
@@ -362,6 +377,7 @@ MODELS = {
     "shufflenetv2": (lambda: ShuffleNetV2(), lambda: torch.randn(2, 3, 32, 32)),
     "vit": (lambda: ViT(), lambda: torch.randn(2, 3, 32, 32)),
     "vit_sdpa": (lambda: ViT(split=True), lambda: torch.randn(2, 3, 32, 32)),
+    "vit_mha": (lambda: ViT(split="mha"), lambda: torch.randn(2, 3, 32, 32)),
     "se": (lambda: SENet(), lambda: torch.randn(2, 3, 16, 16)),
     "unet": (lambda: UNet(), lambda: torch.randn(2, 3, 32, 32)),
     "mlp": (lambda: MLP(), lambda: torch.randn(4, 20)),

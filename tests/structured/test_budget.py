@@ -98,3 +98,24 @@ def test_plan_text_names_groups_and_kept_ops(resnet):
     text = str(plan(model, x, graph=graph, amount=0.5))
     assert "layers.6.conv1" in text and "256" in text and "128" in text
     assert "model output (protect_output=True)" in text
+
+
+def test_mobilenetv2_amount_prunes_every_group_like_torch_pruning():
+    """amount=0.5 (round_to=16): every prunable group keeps at most half of its width rounded
+    to 16 (Torch-Pruning's "50 % of channels"), unless the floor of 16 holds it: expansion
+    channels, residual-tied block outputs, the stem and the last 1x1 conv alike; only the
+    classifier output is kept. (Total channels go down by exactly the amount.)"""
+    torch.manual_seed(0)
+    model = randomize_bn(MobileNetV2(classes=1000, table=MobileNetV2.FULL))
+    x = torch.randn(1, 3, 64, 64)
+    p = plan(model, x, amount=0.5)
+    widths = {name: (before, after) for name, before, after in p.widths()}
+    for name, (before, after) in widths.items():
+        half = 16 * max(1, round(before / 2 / 16))
+        assert after % 16 == 0 and after <= max(16, half), (name, before, after)
+        if before >= 32:
+            assert after < before, (name, before, after)
+    assert widths["features.0.0"] == (32, 16) and widths["features.18.0"] == (1280, 640)
+    assert [u.why for u in p.unprunable] == ["model output (protect_output=True)"]
+    assert p.after["channels"] <= 0.5 * p.before["channels"]
+    assert p.before["macs"] / p.after["macs"] > 3.1  # 3.29x at 224x224

@@ -117,7 +117,8 @@ def test_sdpa_attention_heads():
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
 
-def test_multihead_attention_module_is_kept_and_named():
+def test_multihead_attention_embed_dim_is_kept_and_named():
+    """nn.MultiheadAttention loses heads (see test_mha.py); its embed_dim is kept and named."""
     class M(nn.Module):
         def __init__(self):
             super().__init__()
@@ -129,9 +130,12 @@ def test_multihead_attention_module_is_kept_and_named():
             h = self.inp(x)
             return self.out(self.mha(h, h, h)[0])
 
-    p = plan(M(), torch.randn(2, 4, 8), amount=0.5, round_to=1, min_channels=1)
-    assert any(u.module == "mha" for u in p.unprunable)
-    p.apply()
+    x = torch.randn(2, 4, 8)
+    p = plan(M(), x, amount=0.5, round_to=1, min_channels=1)
+    assert any(u.module == "mha" and "embed_dim" in u.why for u in p.unprunable)
+    small = p.apply()
+    assert small.mha.num_heads == 1 and small.mha.embed_dim == 16
+    torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
 
 def test_shufflenet_shuffle_couples_groups():

@@ -1,0 +1,130 @@
+"""``nn.MultiheadAttention`` after head pruning.
+
+``nn.MultiheadAttention`` needs ``num_heads * head_dim == embed_dim``: once heads are removed the
+projections are ``num_heads * head_dim`` wide while the input and output stay ``embed_dim`` wide,
+which its forward rejects. ``HeadPrunedMultiheadAttention`` is the same module (same attributes,
+parameters and state_dict keys, still an ``nn.MultiheadAttention``) with a forward for that case;
+the surgery and ``load_pruned`` switch a pruned module's class to it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HeadPrunedMultiheadAttention", "is_head_pruned", "mark_head_pruned"]
+
+
+class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose inner width ``num_heads * head_dim`` is below ``embed_dim``.
+
+    Same call signature and results as ``nn.MultiheadAttention.forward`` (attention weights
+    averaged over the remaining heads). Not supported: ``add_bias_kv``, ``add_zero_attn`` and
+    per-head 3-D ``attn_mask`` (the planner keeps the heads of such modules).
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.bias_k is not None or self.add_zero_attn:
+            raise NotImplementedError("head-pruned MultiheadAttention with add_bias_kv or "
+                                      "add_zero_attn")
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint")
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        tgt, n, _ = query.shape
+        src = key.shape[0]
+        h, d = self.num_heads, self.head_dim
+        wq, wk, wv = _qkv_weights(self._qkv_same_embed_dim, self.in_proj_weight,
+                                  self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        bq, bk, bv = _qkv_biases(self.in_proj_bias)
+        q = F.linear(query, wq, bq).reshape(tgt, n * h, d).transpose(0, 1)
+        k = F.linear(key, wk, bk).reshape(src, n * h, d).transpose(0, 1)
+        v = F.linear(value, wv, bv).reshape(src, n * h, d).transpose(0, 1)
+        scores = torch.bmm(q * (1.0 / d) ** 0.5, k.transpose(1, 2))  # [n*h, tgt, src]
+        mask = _float_mask(attn_mask, query.dtype)
+        if mask is not None:
+            if mask.dim() == 3 and mask.shape[0] != n * h:
+                raise ValueError(f"3-D attn_mask of {mask.shape[0]} heads x batch; this module "
+                                 f"has {h} heads left after pruning")
+            scores = scores + mask
+        kpm = _float_mask(key_padding_mask, query.dtype)
+        if kpm is not None:
+            scores = (scores.view(n, h, tgt, src) + kpm.view(n, 1, 1, src)).view(n * h, tgt, src)
+        attn = scores.softmax(dim=-1)
+        if self.training and self.dropout > 0:
+            attn = F.dropout(attn, p=self.dropout)
+        out = torch.bmm(attn, v).transpose(0, 1).reshape(tgt, n, h * d)
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
+        weights: torch.Tensor | None = None
+        if need_weights:
+            w = attn.view(n, h, tgt, src)
+            if average_attn_weights:
+                w = w.mean(dim=1)
+            weights = w.squeeze(0) if not batched else w
+        if not batched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+
+def _qkv_weights(
+    same: bool,
+    packed: torch.Tensor | None,
+    wq: torch.Tensor | None,
+    wk: torch.Tensor | None,
+    wv: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if same:
+        assert packed is not None
+        a, b, c = packed.chunk(3)
+        return a, b, c
+    assert wq is not None and wk is not None and wv is not None
+    return wq, wk, wv
+
+
+def _qkv_biases(
+    packed: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    if packed is None:
+        return None, None, None
+    a, b, c = packed.chunk(3)
+    return a, b, c
+
+
+def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    out: torch.Tensor | None = None
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            out = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                mask, float("-inf"))
+        else:
+            out = mask.to(dtype)
+    return out
+
+
+def is_head_pruned(m: nn.Module) -> bool:
+    return isinstance(m, nn.MultiheadAttention) and m.num_heads * m.head_dim != m.embed_dim
+
+
+def mark_head_pruned(model: nn.Module) -> None:
+    """Switch each ``nn.MultiheadAttention`` that lost heads to ``HeadPrunedMultiheadAttention``."""
+    for m in model.modules():
+        if is_head_pruned(m) and not isinstance(m, HeadPrunedMultiheadAttention):
+            m.__class__ = HeadPrunedMultiheadAttention
