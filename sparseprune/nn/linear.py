@@ -31,7 +31,9 @@ def _identity(t: torch.Tensor | None) -> tuple:
     object, its storage (``share_memory_``, ``set_`` move it) and its version (in-place edits)."""
     if t is None:
         return (None,)
-    return (id(t), t.data_ptr(), t._version)
+    # Inference tensors (made under torch.inference_mode) keep no version counter; they cannot
+    # be edited in place outside inference mode, so their identity and storage suffice.
+    return (id(t), t.data_ptr(), -1 if t.is_inference() else t._version)
 
 
 class _Packed:

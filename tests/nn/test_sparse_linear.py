@@ -226,3 +226,13 @@ def test_share_memory_keeps_results_right():
     before = sp(x)
     sp.share_memory()  # moves every buffer to new (shared) storage
     assert torch.equal(sp(x), before)
+
+
+def test_modules_built_under_inference_mode_run():
+    lin = _pruned_linear()
+    x = torch.randn(20, 96)
+    with torch.inference_mode():
+        sp = SparseLinear.from_dense(lin)
+        y = sp(x)
+    assert_close_linear(y, x, lin.weight.detach(), lin.bias.detach())
+    assert_close_linear(sp(x), x, lin.weight.detach(), lin.bias.detach())
