@@ -10,6 +10,7 @@
 
 #include "common/cpu.h"
 #include "common/sell.h"
+#include "common/thread_pool.h"
 #include "common/validate.h"
 #include "kernels.h"
 #include "linear.h"
@@ -192,6 +193,7 @@ py::dict cpu_info() {
   }
   d["detected"] = detected;
   d["active"] = active;
+  d["threading"] = threading_backend();
   return d;
 }
 

@@ -17,7 +17,7 @@ def show_config(file: TextIO | None = None) -> str:
         f"sparseprune {ops.native_version()}",
         f"CPU ISAs detected: {', '.join(info['detected'])}; "
         f"allowed (SPARSEPRUNE_ISA): {', '.join(info['active'])}",
-        f"threads: {ops.get_num_threads()}",
+        f"threads: {ops.get_num_threads()} ({info['threading']})",
         "kernels (* = used by default):",
     ]
     for k in ops.list_kernels():

@@ -1,8 +1,9 @@
-// A small persistent thread pool shared by every kernel family.
+// Parallel regions for every kernel family.
 //
-// Why our own pool: torch already runs an OpenMP runtime; a second one (ours) would keep idle
-// threads spinning on a 2-core machine and fight torch's. Workers here block on a condition
-// variable between calls, so they cost nothing while torch runs.
+// When torch's OpenMP runtime (libgomp) is loaded in the process, regions run on its thread team
+// (found with dlsym, never linked): two teams would fight over the cores. Otherwise (or with
+// SPARSEPRUNE_THREADING=pool) a small persistent pool of our own runs them; its workers block
+// on a condition variable between calls, so they cost nothing while torch runs.
 #pragma once
 #include <functional>
 
@@ -12,5 +13,8 @@ namespace sparseprune {
 // thread runs t = 0; workers are created on first use and kept. Concurrent callers are serialized.
 // fn must not throw.
 void parallel_run(int n, const std::function<void(int)>& fn);
+
+// "openmp (shared with torch)" or "pool".
+const char* threading_backend();
 
 }  // namespace sparseprune
