@@ -1,6 +1,7 @@
 #include "linear.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -16,6 +17,8 @@ namespace {
 constexpr int64_t kMinWorkPerThread = 1 << 16;
 // Per-row cost in "nonzeros" used when balancing rows across threads (loop setup, stores).
 constexpr int64_t kRowCost = 4;
+// Work chunks per thread (taken dynamically; see csr_linear).
+constexpr int64_t kChunksPerThread = 4;
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
@@ -168,20 +171,24 @@ void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_
   const int nt = static_cast<int>(t);
 
   // Unit bounds with equal shares of nonzeros (+ a per-row cost): pruned rows are uneven.
-  std::vector<int64_t> bounds(nt + 1, units);
+  // Units are cut into kChunksPerThread chunks per thread of equal cost (nonzeros + a per-row
+  // cost: pruned rows are uneven), and threads take chunks from a shared counter: when another
+  // process holds a core, the thread that still runs takes over the rest instead of waiting.
+  const int64_t nchunks = nt > 1 ? std::min<int64_t>(units, int64_t{nt} * kChunksPerThread) : 1;
+  std::vector<int64_t> bounds(nchunks + 1, units);
   bounds[0] = 0;
-  std::vector<int64_t> cost;
-  if (nt > 1) {
-    cost.assign(units + 1, 0);
+  if (nchunks > 1) {
+    std::vector<int64_t> cost(units + 1, 0);
     for (int64_t u = 0; u < units; ++u) {
       cost[u + 1] = cost[u] + (use_sell ? sell->row_block_cost[u]
                                         : w.row_ptr[u + 1] - w.row_ptr[u] + kRowCost);
     }
-  }
-  for (int i = 1; i < nt; ++i) {
-    const int64_t target = cost[units] * i / nt;
-    bounds[i] = std::lower_bound(cost.begin() + bounds[i - 1], cost.end(), target) - cost.begin();
-    bounds[i] = std::min(bounds[i], units);
+    for (int64_t i = 1; i < nchunks; ++i) {
+      const int64_t target = cost[units] * i / nchunks;
+      bounds[i] = std::lower_bound(cost.begin() + bounds[i - 1], cost.end(), target) -
+                  cost.begin();
+      bounds[i] = std::min(bounds[i], units);
+    }
   }
   const int64_t row_scale = use_sell ? kSellRowBlock : 1;
 
@@ -192,18 +199,21 @@ void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_
       if (it.mr) pack_panel(x + it.b0 * ldx, ldx, it.nvalid, w.cols, it.mr, it.panel);
     }
   });
-  parallel_run(nt, [&](int tid) {
-    const int64_t u0 = bounds[tid], u1 = bounds[tid + 1];
-    if (u0 >= u1) return;
-    const int64_t r0 = u0 * row_scale, r1 = std::min(u1 * row_scale, w.rows);
-    for (const Item& it : items) {
-      if (it.sell) {
-        it.sell(*sell, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, u0, u1);
-      } else if (it.mr) {
-        it.mm(w, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, r0, r1);
-      } else {
-        for (int64_t b = it.b0; b < it.b0 + it.nvalid; ++b)
-          k.spmv(w, x + b * ldx, bias, y + b * ldy, r0, r1);
+  std::atomic<int64_t> next_chunk{0};
+  parallel_run(nt, [&](int) {
+    for (int64_t c = next_chunk.fetch_add(1); c < nchunks; c = next_chunk.fetch_add(1)) {
+      const int64_t u0 = bounds[c], u1 = bounds[c + 1];
+      if (u0 >= u1) continue;
+      const int64_t r0 = u0 * row_scale, r1 = std::min(u1 * row_scale, w.rows);
+      for (const Item& it : items) {
+        if (it.sell) {
+          it.sell(*sell, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, u0, u1);
+        } else if (it.mr) {
+          it.mm(w, it.panel, it.nvalid, bias, y + it.b0 * ldy, ldy, r0, r1);
+        } else {
+          for (int64_t b = it.b0; b < it.b0 + it.nvalid; ++b)
+            k.spmv(w, x + b * ldx, bias, y + b * ldy, r0, r1);
+        }
       }
     }
   });
