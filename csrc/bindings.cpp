@@ -215,7 +215,7 @@ PYBIND11_MODULE(_C, m) {
       });
   m.def("prepack_sell", &prepack_sell_py, py::arg("row_ptr"), py::arg("col_idx"),
         py::arg("values"), py::arg("cols"),
-        "Builds the SellPack the batch >= 16 kernels use (from already validated CSR).");
+        "Builds the SellPack the batch >= 4 kernels use (from already validated CSR).");
   m.def("csr_linear", &csr_linear_py, py::arg("row_ptr"), py::arg("col_idx"), py::arg("values"),
         py::arg("cols"), py::arg("x"), py::arg("bias"), py::arg("y"), py::arg("nthreads"),
         py::arg("kernel") = "", py::arg("sell") = py::none(),

@@ -111,7 +111,7 @@ def csr_linear_arrays(x: torch.Tensor, arrays: tuple, rows: int, cols: int,
 
 # Batches at least this large use the K-blocked SELL-C kernels (when a pack is given): below it
 # only CSR panels or SpMV would run, so the second copy of the weight is not built.
-SELL_MIN_BATCH = 8
+SELL_MIN_BATCH = 4
 
 
 def prepack_sell(arrays: tuple, cols: int) -> object:

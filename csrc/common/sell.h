@@ -1,4 +1,4 @@
-// K-blocked SELL-C layout of a CSR weight for the batch >= 16 SpMM path (design §3-4).
+// K-blocked SELL-C layout of a CSR weight for the batch >= 4 SpMM path (design §3-4).
 //
 // Why: with the whole activation panel (K * MR floats: 256 KiB at K = 4096, MR = 16) every
 // nonzero's panel row comes from L2, and the L2 -> L1 bandwidth caps the kernel near 4 cycles per
