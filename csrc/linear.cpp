@@ -24,11 +24,20 @@ struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
 };
 
+// Panel buffers up to this size stay allocated between calls; a larger one (a huge batch) is
+// freed after its call instead of pinning that memory for the life of the thread.
+constexpr size_t kKeepScratchFloats = size_t{4} << 20;  // 16 MiB
+
 // A per-calling-thread scratch buffer for activation panels, grown on demand, 64-byte aligned
-// (a misaligned panel costs up to 1.7x in the prototype).
+// (a misaligned panel costs up to 1.7x in the prototype). floats = 0 releases it.
 float* panel_scratch(size_t floats) {
   thread_local std::unique_ptr<float, AlignedFree> buf;
   thread_local size_t cap = 0;
+  if (floats == 0) {
+    buf.reset();
+    cap = 0;
+    return nullptr;
+  }
   if (floats > cap) {
     const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
     buf.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
@@ -220,6 +229,7 @@ void csr_linear(const CsrMatrix& w, const SellPack* sell, const float* x, int64_
       }
     }
   });
+  if (panel_floats > kKeepScratchFloats) panel_scratch(0);
 }
 
 }  // namespace sparseprune
