@@ -80,8 +80,9 @@ std::vector<Item> plan_items(int64_t batch, const LinearKernels& k, bool use_sel
       items.push_back({b, std::min<int64_t>(k.mr_sell, batch - b), k.mr_sell, nullptr, nullptr,
                        k.sell});
     // A padded small panel still beats CSR panels from kMinPanelRows rows on (1.1-1.5x at
-    // batch 4, 70-90 %, measured), so the remainder takes one if it has that many rows.
-    if (k.sell_small != nullptr && batch - b >= kMinPanelRows) {
+    // batch 4, 70-90 %, measured), so the remainder goes to small panels while that many rows
+    // are left.
+    while (k.sell_small != nullptr && batch - b >= kMinPanelRows) {
       const int64_t n = std::min<int64_t>(k.mr_sell_small, batch - b);
       items.push_back({b, n, k.mr_sell_small, nullptr, nullptr, k.sell_small});
       b += n;
@@ -90,7 +91,8 @@ std::vector<Item> plan_items(int64_t batch, const LinearKernels& k, bool use_sel
   if (k.spmm_big != nullptr) {
     const bool panels_only = k.spmv == nullptr;
     if (panels_only || batch >= kMinPanelRows) {
-      for (; batch - b >= k.mr_big; b += k.mr_big) items.push_back({b, k.mr_big, k.mr_big, k.spmm_big, nullptr, nullptr});
+      for (; batch - b >= k.mr_big; b += k.mr_big)
+        items.push_back({b, k.mr_big, k.mr_big, k.spmm_big, nullptr, nullptr});
       SpmmFn small = k.spmm_small ? k.spmm_small : k.spmm_big;
       const int mr_small = k.spmm_small ? k.mr_small : k.mr_big;
       while (batch - b >= kMinPanelRows || (panels_only && batch > b)) {
