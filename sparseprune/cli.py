@@ -69,28 +69,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .workflow.files import ModelFileError, format_layers, inspect_state, load_model_file
+    from .workflow.files import format_layers, inspect_state, read_model_file
 
     try:
-        module, state = load_model_file(args.path, unsafe=args.unsafe_load)
-    except ModelFileError as err:
+        module, state, others = read_model_file(args.path, unsafe=args.unsafe_load)
+        rows = inspect_state(state)
+    except ValueError as err:  # ModelFileError included
         print(f"sparseprune inspect: {err}", file=sys.stderr)
         return 2
-    rows = inspect_state(state)
     what = f"a {type(module).__name__} module" if module is not None else "a state_dict"
     print(f"{args.path}: {what}, {len(state)} tensors, {len(rows)} weight tensors\n")
     print(format_layers(rows) if rows else "(no weight tensors with 2+ dims)")
+    if others:
+        print(f"\nskipped {len(others)} non-tensor entries: {', '.join(map(str, others))}")
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .workflow.files import ModelFileError, convert_file
+    from .workflow.files import convert_file
 
     try:
         print(convert_file(args.path, args.output, unsafe=args.unsafe_load,
                            min_sparsity=args.min_sparsity, exclude=args.exclude))
-    except ModelFileError as err:
-        print(f"sparseprune convert: {err}", file=sys.stderr)
+    except ValueError as err:  # ModelFileError, bad --exclude / --min-sparsity
+        # convert()'s own messages already start with "convert: ".
+        message = str(err).removeprefix("convert: ")
+        print(f"sparseprune convert: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,7 +20,6 @@ latency at batch 1 and 64 after ``convert`` (1 thread), vs the dense model. Seed
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
@@ -214,13 +213,13 @@ def run_demo(quick: bool = False, out: str | os.PathLike = "sparseprune-demo-out
                 f"global, last layer x0.5, {cfg.ft_epochs} ep")
 
             m = deepcopy_model(dense)
-            rounds = 11  # Geometric.from_rate(0.9, 0.2)
             per = cfg.iter_round_epochs
+            rounds, last = iterative_budget(cfg.ft_epochs, per)
             h_it = iterative_prune(m, 0.9, tuner.train, tuner.evaluate, rate=0.2, epochs=per,
-                                   final_epochs=cfg.ft_epochs - per * rounds, lr_scale=0.1,
+                                   final_epochs=last, lr_scale=0.1,
                                    tolerance=None, method="iterative 20%/round", progress=progress)
             row(name, "iterative 20 %/round to 90 % + FT", h_it.final.accuracy, m, 64,
-                f"{rounds} rounds, {per} ep each + {cfg.ft_epochs - per * rounds} ep at the end")
+                f"{rounds} rounds, {per} ep each + {last} ep at the end")
 
             m = deepcopy_model(dense)
             h_uni = iterative_prune(m, [0.9], tuner.train, tuner.evaluate, scope="layer",
@@ -266,7 +265,7 @@ def run_demo(quick: bool = False, out: str | os.PathLike = "sparseprune-demo-out
                     "global; first conv dense, last layer x0.5")
                 m = deepcopy_model(dense)
                 h = iterative_prune(m, 0.9, tuner.train, tuner.evaluate, rate=0.2, epochs=per,
-                                    final_epochs=cfg.ft_epochs - per * rounds, lr_scale=0.1,
+                                    final_epochs=last, lr_scale=0.1,
                                     tolerance=None, method="iterative", progress=progress)
                 row(name, "iterative 20 %/round to 90 % + FT", h.final.accuracy, m, 64)
                 small = plan(dense, digits.x_train[:2], amount=0.5).apply()
@@ -342,6 +341,17 @@ def run_demo(quick: bool = False, out: str | os.PathLike = "sparseprune-demo-out
     return 0
 
 
+def iterative_budget(ft_epochs: int, per_round: int, final: float = 0.9,
+                     rate: float = 0.2) -> tuple[int, int]:
+    """``(rounds, final_epochs)`` of the demo's iterative run: the rounds of
+    ``Geometric.from_rate(final, rate)`` at ``per_round`` epochs each, the rest of the
+    ``ft_epochs`` budget after the last round (0 when the rounds alone use it up)."""
+    from .pruning import Geometric
+
+    rounds = Geometric.from_rate(final, rate).steps
+    return rounds, max(0, ft_epochs - per_round * rounds)
+
+
 def _acceptance(rows: dict[tuple[str, str], _Row]) -> list[str]:
     """Plain-language comparisons (mean ± std over seeds when there are several)."""
 
@@ -376,4 +386,4 @@ def _acceptance(rows: dict[tuple[str, str], _Row]) -> list[str]:
         if t and c:
             out.append(f"(b) lottery ticket vs random re-init at {s} %: {diff(t, c)}; "
                        f"ticket vs dense: {diff(t, acc(m1, 'dense'))}")
-    return [s for s in out if not math.isnan(len(s))]
+    return out

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .masks import effective_weight, is_masked, masked_tensors, pattern_label, trainable
 from .scope import DEFAULT_TYPES
 
-__all__ = ["LayerSummary", "Summary", "csr_bytes", "summary"]
+__all__ = ["LayerSummary", "Summary", "csr_bytes", "summary", "tensor_bytes"]
 
 
 def csr_bytes(rows: int, cols: int, nnz: int, element_size: int = 4) -> int:
@@ -30,6 +30,21 @@ def csr_bytes(rows: int, cols: int, nnz: int, element_size: int = 4) -> int:
     """
     index = 2 if cols <= 65536 else 4
     return element_size * nnz + index * nnz + 8 * (rows + 1)
+
+
+def tensor_bytes(weight: Tensor) -> tuple[int, int, int]:
+    """``(nnz, dense_bytes, packed_bytes)`` of a tensor ([rows, ...], 1-D as one row).
+
+    ``packed_bytes`` is the smaller of the :func:`csr_bytes` estimate and dense; an empty tensor
+    (a zero in its shape) is ``(0, 0, 0)``.
+    """
+    if weight.numel() == 0:
+        return 0, 0, 0
+    rows = 1 if weight.dim() <= 1 else weight.shape[0]
+    cols = weight.numel() // rows
+    nnz = int(torch.count_nonzero(weight))
+    dense = weight.numel() * weight.element_size()
+    return nnz, dense, min(dense, csr_bytes(rows, cols, nnz, weight.element_size()))
 
 
 @dataclass(frozen=True)
@@ -113,11 +128,7 @@ def _human(n: int) -> str:
 
 def _row(name: str, module: nn.Module, param: str) -> LayerSummary:
     weight = effective_weight(module, param)
-    rows = 1 if weight.dim() <= 1 else weight.shape[0]
-    cols = weight.numel() // max(rows, 1)
-    nnz = int(torch.count_nonzero(weight))
-    dense = weight.numel() * weight.element_size()
-    packed = min(dense, csr_bytes(rows, cols, nnz, weight.element_size()))
+    nnz, dense, packed = tensor_bytes(weight)
     pattern = pattern_label(module, param)
     if pattern == "dense" and nnz < weight.numel():
         pattern = "zeros, no mask"  # e.g. after sparseprune.remove: the pattern is not recorded

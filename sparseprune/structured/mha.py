@@ -92,10 +92,20 @@ def _qkv_weights(
     wv: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if same:
-        assert packed is not None
+        if packed is None:
+            raise ValueError("HeadPrunedMultiheadAttention: in_proj_weight is None, but the "
+                             "module has the same embed dim for query, key and value")
         a, b, c = packed.chunk(3)
         return a, b, c
-    assert wq is not None and wk is not None and wv is not None
+    # separate ifs (no comprehension, no f-string): this runs under TorchScript too
+    separate = (" is None, but the module has separate query / key / value projections (kdim "
+                "or vdim differs from embed_dim)")
+    if wq is None:
+        raise ValueError("HeadPrunedMultiheadAttention: q_proj_weight" + separate)
+    if wk is None:
+        raise ValueError("HeadPrunedMultiheadAttention: k_proj_weight" + separate)
+    if wv is None:
+        raise ValueError("HeadPrunedMultiheadAttention: v_proj_weight" + separate)
     return wq, wk, wv
 
 

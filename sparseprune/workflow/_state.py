@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
 
-from ..pruning import Geometric, Schedule, load_masked_state_dict, remove
+from ..pruning import Geometric, Schedule, load_masked_state_dict
 from ..pruning.masks import current_mask, is_masked, masked_tensors
 
 __all__ = [
@@ -72,15 +73,17 @@ def snapshot(model: nn.Module) -> dict[str, Tensor]:
 def load_snapshot(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Restore a :func:`snapshot`, whether it was taken before or after pruning.
 
-    A snapshot without masks of a now-masked model makes the model plain again first.
+    A tensor masked now but not in the snapshot (e.g. a layer that got its first mask in a
+    later round) is made plain again first (``prune.remove``); its weights then come from the
+    snapshot.
     """
-    has_masks = any(k.endswith("_mask") for k in state)
-    if not has_masks and masked_tensors(model):
-        remove(model)
-    elif has_masks:
+    for target in masked_tensors(model):
+        if f"{target.qualname}_mask" not in state:
+            torch_prune.remove(target.module, target.param)
+    if any(k.endswith("_mask") for k in state):
         load_masked_state_dict(model, state)
-        return
-    model.load_state_dict(state)
+    else:
+        model.load_state_dict(state)
 
 
 @torch.no_grad()

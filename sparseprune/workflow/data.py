@@ -41,7 +41,8 @@ class Batches:
 
     With ``shuffle``, epoch ``e`` uses the permutation of ``seed + e``, so runs repeat.
     Under ``torch.distributed``, each rank takes every ``world_size``-th sample (set
-    ``rank`` / ``world_size``).
+    ``rank`` / ``world_size``), ``len(x) // world_size`` of them on every rank (the few left
+    over are dropped), so that all ranks run the same number of batches (DDP steps).
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False,
@@ -52,8 +53,11 @@ class Batches:
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.rank, self.world_size = rank, world_size
 
+    def _per_rank(self) -> int:
+        return len(self.x) // self.world_size if self.world_size > 1 else len(self.x)
+
     def __len__(self) -> int:
-        n = len(range(self.rank, len(self.x), self.world_size))
+        n = self._per_rank()
         return (n + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -64,7 +68,7 @@ class Batches:
             self.epoch += 1
         else:
             order = torch.arange(n)
-        order = order[self.rank::self.world_size]
+        order = order[self.rank::self.world_size][: self._per_rank()]
         for i in range(0, len(order), self.batch_size):
             idx = order[i:i + self.batch_size]
             yield self.x[idx], self.y[idx]

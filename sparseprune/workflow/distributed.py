@@ -15,7 +15,8 @@ from torch import nn
 
 from ..pruning.masks import masked_tensors
 
-__all__ = ["broadcast_masks", "broadcast_model", "check_consistent", "is_main_process"]
+__all__ = ["broadcast_masks", "broadcast_model", "broadcast_value", "check_consistent",
+           "is_main_process"]
 
 
 def _active() -> bool:
@@ -46,6 +47,16 @@ def broadcast_model(model: nn.Module, src: int = 0) -> None:
         return
     for tensor in [*model.parameters(), *model.buffers()]:
         dist.broadcast(tensor.data, src)
+
+
+def broadcast_value(value: float, src: int = 0) -> float:
+    """Rank ``src``'s ``value`` on every rank (e.g. an accuracy that decides when to stop, so
+    that every rank stops at the same round); ``value`` itself without a process group."""
+    if not _active():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.broadcast(t, src)
+    return float(t.item())
 
 
 @torch.no_grad()

@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ..formats import CSR
-from ..pruning.summary import csr_bytes
+from ..pruning.summary import tensor_bytes
 
-__all__ = ["LayerInfo", "ModelFileError", "convert_file", "inspect_state", "load_model_file"]
+__all__ = ["LayerInfo", "ModelFileError", "convert_file", "inspect_state", "load_model_file",
+           "read_model_file"]
 
 _PACKED = ("row_ptr", "col_idx", "values", "format_header")
 
@@ -34,11 +35,27 @@ class ModelFileError(ValueError):
 
 def load_model_file(path: str | os.PathLike, unsafe: bool = False
                     ) -> tuple[nn.Module | None, dict[str, Tensor]]:
-    """``(module or None, state_dict)`` from a ``torch.save`` file.
+    """``(module or None, state_dict)`` from a ``torch.save`` file (tensor entries only; see
+    :func:`read_model_file` for the others).
 
     Raises:
         ModelFileError: missing file, not a torch save, needs code to unpickle (with
             ``unsafe=False``), or holds no state_dict.
+    """
+    module, state, _ = read_model_file(path, unsafe)
+    return module, state
+
+
+def read_model_file(path: str | os.PathLike, unsafe: bool = False
+                    ) -> tuple[nn.Module | None, dict[str, Tensor], dict[str, object]]:
+    """``(module or None, tensors, others)`` from a ``torch.save`` file.
+
+    ``tensors`` are the state_dict's tensor entries; ``others`` its non-tensor entries
+    (``get_extra_state`` values, an ``"epoch"`` saved next to the weights), which the callers
+    name and pass through but do not analyse.
+
+    Raises:
+        ModelFileError: as :func:`load_model_file`.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -66,22 +83,31 @@ def load_model_file(path: str | os.PathLike, unsafe: bool = False
         raise ModelFileError(f"{path}: not a readable torch save file ({type(err).__name__}: "
                              f"{_first_line(err)})") from err
     if isinstance(obj, nn.Module):
-        return obj, dict(obj.state_dict())
+        return (obj, *_split(obj.state_dict()))
     state = obj
     if isinstance(obj, Mapping) and not _all_tensors(obj):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
             if isinstance(inner, nn.Module):
-                return inner, dict(inner.state_dict())
-            if isinstance(inner, Mapping) and _all_tensors(inner):
+                return (inner, *_split(inner.state_dict()))
+            if isinstance(inner, Mapping) and _any_tensors(inner):
                 state = inner
                 break
-    if not isinstance(state, Mapping) or not _all_tensors(state) or not state:
+    if not isinstance(state, Mapping) or not _any_tensors(state):
         what = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) \
             else type(obj).__name__
         raise ModelFileError(f"{path}: found {what}, not a model or a state_dict (a dict of "
                              "tensors, or a checkpoint with a 'state_dict' entry)")
-    return None, dict(state)
+    return (None, *_split(state))
+
+
+def _split(state: Mapping) -> tuple[dict[str, Tensor], dict[str, object]]:
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    return tensors, {k: v for k, v in state.items() if not isinstance(v, Tensor)}
+
+
+def _any_tensors(d: Mapping) -> bool:
+    return any(isinstance(v, Tensor) for v in d.values())
 
 
 def _first_line(err: BaseException) -> str:
@@ -114,12 +140,14 @@ def _pattern(w: Tensor) -> str:
     """What the zeros of ``w`` ([out, ...]) look like."""
     if w.dim() < 2:
         return "vector"
+    if w.numel() == 0:
+        return "empty"
     nz = w.reshape(w.shape[0], -1) != 0
     if bool(nz.all()):
         return "dense"
     parts = []
     k = nz.shape[1]
-    for n_of, m in ((2, 4), (1, 4), (4, 8)):
+    for n_of, m in ((1, 4), (2, 4), (4, 8)):  # tightest first: 1:4 is also 2:4 and 4:8
         if k % m == 0 and int(nz.reshape(nz.shape[0], -1, m).sum(-1).max()) <= n_of:
             parts.append(f"{n_of}:{m}")
             break
@@ -130,10 +158,12 @@ def _pattern(w: Tensor) -> str:
 
 
 def effective_weights(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``{'fc.weight': tensor}``: ``*_orig * *_mask`` folded, packed layers unpacked."""
+    """``{'fc.weight': tensor}``: the float tensors, ``*_orig * *_mask`` folded (masks and
+    non-float entries left out)."""
     out = {}
     for key, value in state.items():
-        if key.endswith("_mask") or not value.is_floating_point():
+        if not isinstance(value, Tensor) or key.endswith("_mask") or \
+                not value.is_floating_point():
             continue
         if key.endswith("_orig"):
             base = key[: -len("_orig")]
@@ -163,10 +193,7 @@ def inspect_state(state: Mapping[str, Tensor]) -> list[LayerInfo]:
             continue
         if not (key == "weight" or key.endswith(".weight")) or w.dim() < 2:
             continue
-        nnz = int(torch.count_nonzero(w))
-        dense = w.numel() * w.element_size()
-        packed = min(dense, csr_bytes(w.shape[0], w.numel() // w.shape[0], nnz,
-                                      w.element_size()))
+        nnz, dense, packed = tensor_bytes(w)
         rows.append(LayerInfo(key.rpartition(".")[0] or key, tuple(w.shape), w.numel(), nnz,
                               _pattern(w), dense, packed))
     return rows
@@ -220,7 +247,9 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
     from ..nn import SparseLinear
 
     exclude = list(exclude or [])
-    module, state = load_model_file(path, unsafe=unsafe)
+    if not 0.0 <= float(min_sparsity) <= 1.0:  # the same checks as convert() for modules
+        raise ValueError(f"convert: min_sparsity must be in [0, 1], got {min_sparsity}")
+    module, state, others = read_model_file(path, unsafe=unsafe)
     timings: list[tuple[str, nn.Linear, SparseLinear]] = []
     if module is not None:
         sparse, report = convert(module, min_sparsity=min_sparsity, exclude=exclude or None)
@@ -229,19 +258,29 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
             timings.append((row.name, _as_linear(module.get_submodule(row.name)),
                             sparse.get_submodule(row.name)))
         torch.save(sparse, out)
+        if others:
+            lines.append(f"non-tensor state entries (kept in the module): {_names(others)}")
     else:
         weights = effective_weights(state)
+        names = [k.rpartition(".")[0] for k, w in weights.items()
+                 if (k.endswith(".weight") or k == "weight") and w.dim() == 2]
+        unused = [p for p in exclude if not any(_matches(n, [p]) for n in names)]
+        if unused:
+            raise ValueError(f"convert: exclude pattern(s) {unused} match no 2-D weight; "
+                             f"candidates are {names}")
         new: dict[str, Tensor] = {}
         lines = [f"{'layer':<32} {'shape':<14} {'sparsity':>8}  result"]
-        done = set()
+        done: set[str] = set()  # plain names (``fc.weight``) packed into a SparseLinear
         for key, w in weights.items():
             prefix = key.rpartition(".")[0]
             if not (key.endswith(".weight") or key == "weight") or w.dim() != 2 or \
                     not w.is_floating_point():
                 continue
-            sparsity = float((w == 0).sum()) / w.numel()
+            sparsity = float((w == 0).sum()) / w.numel() if w.numel() else 0.0
             result = None
-            if _matches(prefix, exclude):
+            if w.numel() == 0:
+                result = "skipped: empty"
+            elif _matches(prefix, exclude):
                 result = "skipped: excluded"
             elif sparsity < min_sparsity:
                 result = f"skipped: sparsity {sparsity:.3f} < min_sparsity {min_sparsity}"
@@ -260,9 +299,16 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
                 result = f"csr[{str(packed.col_idx.dtype)[6:]}]"
             lines.append(f"{prefix or '(root)':<32} {'x'.join(map(str, w.shape)):<14} "
                          f"{sparsity:>8.3f}  {result}")
-        for key, value in weights.items():
-            if key not in done:
-                new[key] = value
+        for key, value in state.items():  # everything else as it was, masks folded
+            base = key[: -len("_orig")] if key.endswith("_orig") else key
+            if key.endswith("_mask") and f"{key[: -len('_mask')]}_orig" in state:
+                continue
+            if base in done:
+                continue
+            new[base] = weights[base] if base != key else value
+        new.update(others)
+        if others:
+            lines.append(f"non-tensor entries copied as they are: {_names(others)}")
         lines.append(f"{len(timings)} converted (state_dict input: every 2-D '*.weight' is "
                      "treated as an nn.Linear weight; --exclude others, e.g. embeddings)")
         torch.save(new, out)
@@ -281,6 +327,10 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
                 lines.append(f"{name or '(root)':<32} " + "  ".join(cells))
     lines.append(f"\nwrote {os.fspath(out)}")
     return "\n".join(lines)
+
+
+def _names(others: Mapping[str, object]) -> str:
+    return ", ".join(map(str, others))
 
 
 def _as_linear(module: nn.Module) -> nn.Linear:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,7 @@ from torch import nn
 
 from ..pruning import Pruner, Schedule
 from ._state import levels_of, load_snapshot, nonzero_params, snapshot
-from .distributed import broadcast_masks, is_main_process
+from .distributed import broadcast_masks, broadcast_model, broadcast_value, is_main_process
 from .train import EvalFn, TrainFn, call_train_fn
 
 __all__ = ["History", "Round", "iterative_prune"]
@@ -102,10 +103,15 @@ class History:
 
 def measure(model: nn.Module, eval_fn: EvalFn, index: int, target: float,
             seconds: float) -> Round:
-    """Evaluate ``model`` and count its parameters into a :class:`Round`."""
+    """Evaluate ``model`` and count its parameters into a :class:`Round`.
+
+    Under ``torch.distributed`` the accuracy is rank 0's on every rank: decisions taken from it
+    (the tolerance stop) must be the same everywhere, or the ranks deadlock.
+    """
     nonzero, total = nonzero_params(model)
+    accuracy = broadcast_value(float(eval_fn(model)))
     return Round(round=index, target=target, sparsity=1.0 - nonzero / total if total else 0.0,
-                 params=nonzero, accuracy=float(eval_fn(model)), seconds=seconds)
+                 params=nonzero, accuracy=accuracy, seconds=seconds)
 
 
 def iterative_prune(
@@ -130,7 +136,9 @@ def iterative_prune(
     geometric schedule removes ``rate`` of the remaining weights), fine-tunes ``epochs`` epochs at
     ``lr_scale`` times the base LR, and evaluates. The run stops after the last level, or as soon
     as accuracy falls more than ``tolerance`` below the baseline; the model is then left at the
-    sparsest round that met the tolerance (the baseline if none did).
+    sparsest round that met the tolerance (the baseline if none did); a NaN accuracy counts as
+    missing it. Under ``torch.distributed`` the model is broadcast from rank 0 first and rank 0's
+    accuracy decides for every rank, so all ranks run the same rounds.
 
     Args:
         model: modified in place (masks in the ``torch.nn.utils.prune`` convention).
@@ -155,6 +163,7 @@ def iterative_prune(
         A :class:`History`; ``model`` holds its ``best`` round.
     """
     sched = levels_of(schedule, rate)
+    broadcast_model(model)  # under torch.distributed every rank starts from rank 0's weights
     pruner = Pruner(model, schedule=sched, **prune_options)  # validates options before training
     history = History(method=method, extra={
         "schedule": repr(sched), "epochs": epochs, "final_epochs": final_epochs,
@@ -183,7 +192,8 @@ def iterative_prune(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(sparsity=f"{r.sparsity:.1%}", acc=f"{r.accuracy:.2f}")
-            if tolerance is not None and r.accuracy < history.baseline - tolerance:
+            if tolerance is not None and (math.isnan(r.accuracy) or  # diverged: a failure
+                                          r.accuracy < history.baseline - tolerance):
                 history.stopped = (f"accuracy {r.accuracy:.2f} fell more than {tolerance:g} "
                                    f"below the baseline {history.baseline:.2f}")
                 break

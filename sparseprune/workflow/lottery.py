@@ -9,6 +9,7 @@ trained just as long. A ticket is a ticket only if it beats its control.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,16 +49,48 @@ class LotteryResult:
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
-    """Call ``reset_parameters()`` on every module that has one, under ``seed``; returns it.
+    """Re-draw ``model``'s parameters under ``seed``; returns it.
 
-    ``model`` must carry no masks (re-initialize first, then apply masks).
+    Every module's ``reset_parameters()`` (or, failing that, ``_reset_parameters()``, e.g.
+    ``nn.MultiheadAttention``) is called, children before their parents (so a parent's own
+    init of its children's tensors, such as the attention's zero ``out_proj.bias``, wins, as it
+    does in its constructor). A parameter that no such method owns and that is still unchanged
+    afterwards (a bare ``nn.Parameter`` such as a position embedding) is re-drawn from a normal
+    distribution with its own mean and std, so the control keeps its scale but none of its
+    values. A warning names any parameter still holding its old, non-constant values (one a
+    reset method left alone) and any unowned one that cannot be re-drawn (one value or
+    constant). ``model`` must carry no masks (re-initialize first, then apply masks).
     """
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    covered: set[str] = set()
+    kept = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for module in model.modules():
+        for prefix, module in reversed(list(model.named_modules())):
             reset = getattr(module, "reset_parameters", None)
+            if not callable(reset):
+                reset = getattr(module, "_reset_parameters", None)
             if callable(reset):
                 reset()
+                covered.update(f"{prefix}.{n}" if prefix else n
+                               for n, _ in module.named_parameters(recurse=False))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if not torch.equal(p, before[name]):
+                    continue
+                std = float(p.float().std()) if p.numel() > 1 else 0.0
+                random = p.is_floating_point() and std > 0.0
+                if name in covered:
+                    if random:  # a reset method that left it alone: say so
+                        kept.append(name)
+                elif random:
+                    p.normal_(float(p.float().mean()), std)
+                else:
+                    kept.append(name)
+    if kept:
+        warnings.warn(f"reinitialize: {kept} keep their values (no reset method re-draws them "
+                      "and they are constant or one value, or a reset method left them as they "
+                      "were)", stacklevel=2)
     return model
 
 

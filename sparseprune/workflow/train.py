@@ -135,10 +135,12 @@ def evaluate(model: nn.Module, loader: Iterable) -> float:
     was_training = model.training
     model.eval()
     correct = count = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(-1) == y).sum())
-        count += len(y)
-    model.train(was_training)
+    try:
+        for x, y in loader:
+            correct += int((model(x).argmax(-1) == y).sum())
+            count += len(y)
+    finally:  # back to training mode even when the model or the loader raises
+        model.train(was_training)
     if count == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return 100.0 * correct / count

@@ -147,3 +147,13 @@ def test_mha_pruned_scripts_and_exports():
         ref = small(x)
         torch.testing.assert_close(torch.jit.script(small)(x), ref)
         torch.testing.assert_close(torch.export.export(small, (x,)).module()(x), ref)
+
+
+def test_missing_projection_weights_raise_a_clear_error():
+    from sparseprune.structured.mha import _qkv_weights
+
+    with pytest.raises(ValueError, match="in_proj_weight is None"):
+        _qkv_weights(True, None, None, None, None)
+    w = torch.zeros(4, 4)
+    with pytest.raises(ValueError, match="k_proj_weight is None"):
+        _qkv_weights(False, None, w, None, None)

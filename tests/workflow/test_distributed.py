@@ -7,8 +7,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import sparseprune
 from sparseprune.pruning.masks import current_mask, masked_tensors
-from sparseprune.workflow import FineTuneConfig, FineTuner, check_consistent, iterative_prune
+from sparseprune.workflow import (
+    FineTuneConfig,
+    FineTuner,
+    broadcast_masks,
+    check_consistent,
+    iterative_prune,
+)
 from sparseprune.workflow.data import Batches
 
 from .conftest import blobs, tiny_mlp
@@ -25,12 +32,34 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         tuner = FineTuner(Batches(x, y, 16, shuffle=True, rank=rank, world_size=world),
                           Batches(xt, yt, 64), FineTuneConfig(lr=1e-2))
         model = tiny_mlp()
-        history = iterative_prune(model, [0.5, 0.8], tuner.train, tuner.evaluate, epochs=1,
-                                  tolerance=None, progress=True)
+        calls = []
+
+        def train(m, epochs, lr_scale=1.0):
+            # before the DDP wrap: weights must already agree (the run broadcasts the model)
+            calls.append(check_consistent(m))
+            tuner.train(m, epochs, lr_scale)
+
+        def evaluate(m):  # rank 1's sharded eval disagrees: rank 0's score must decide
+            acc = tuner.evaluate(m)
+            return acc if rank == 0 else acc - 50.0 * len(calls)
+
+        history = iterative_prune(model, [0.5, 0.8], train, evaluate, epochs=1,
+                                  tolerance=5.0, progress=True)
         bad = check_consistent(model)
         masks = {t.qualname: current_mask(t.module, t.param) for t in masked_tensors(model)}
-        torch.save({"bad": bad, "state": model.state_dict(), "masks": masks,
-                    "rounds": len(history.rounds)}, f"{out}/rank{rank}.pt")
+        # masks made from different weights on each rank agree after broadcast_masks, with no
+        # DDP wrap (which would broadcast them itself) in between
+        other = tiny_mlp()
+        torch.manual_seed(rank)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.normal_()
+        sparseprune.prune(other, 0.5, protect=None)
+        broadcast_masks(other)
+        mask_bad = [n for n in check_consistent(other) if n.endswith("_mask")]
+        torch.save({"bad": bad, "state": model.state_dict(), "masks": masks, "calls": calls,
+                    "rounds": len(history.rounds), "stopped": history.stopped,
+                    "mask_bad": mask_bad}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -47,6 +76,9 @@ def test_two_ranks_keep_identical_masks_and_weights(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["bad"] == [] and r1["bad"] == []
     assert r0["rounds"] == r1["rounds"] == 3
+    assert r0["stopped"] == r1["stopped"] == "target reached"
+    assert r0["calls"] == r1["calls"] == [[], []]
+    assert r0["mask_bad"] == r1["mask_bad"] == []
     assert r0["masks"].keys() == r1["masks"].keys() and r0["masks"]
     for k in r0["masks"]:
         assert torch.equal(r0["masks"][k], r1["masks"][k]), k

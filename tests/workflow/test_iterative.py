@@ -96,3 +96,25 @@ def test_progress_bar_and_quiet_mode(tuner, capsys):
     assert out.out == "" and out.err == ""
     iterative_prune(tiny_mlp(), [0.5], tuner.train, tuner.evaluate, progress=True)
     assert "round" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:fully pruned")
+def test_restoring_a_round_before_a_layer_got_its_mask(tuner):
+    # global scope: at 10 % only the small layer is pruned; at 95 % the big one gets a mask too
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    with torch.no_grad():
+        model[0].weight.add_(model[0].weight.sign() * 10.0)  # far above every weight of 2
+    scores = iter([90.0, 90.0, 10.0])
+    h = iterative_prune(model, [0.1, 0.95], tuner.train, lambda m: next(scores), epochs=0,
+                        tolerance=1.0, scope="global", protect=None, progress=False)
+    assert h.best == 1 and "fell more than" in h.stopped
+    assert [t.qualname for t in masked_tensors(model)] == ["2.weight"]
+    assert not hasattr(model[0], "weight_orig") and model[0].weight.abs().min() > 0
+
+
+def test_nan_accuracy_is_a_tolerance_failure(tuner):
+    model = tiny_mlp()
+    scores = iter([90.0, 90.0, float("nan")])
+    h = iterative_prune(model, [0.2, 0.4], tuner.train, lambda m: next(scores), epochs=0,
+                        tolerance=2.0, progress=False)
+    assert h.best == 1 and "fell more than" in h.stopped

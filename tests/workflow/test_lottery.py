@@ -81,3 +81,40 @@ def test_reinitialize_is_seeded_and_does_not_touch_the_global_rng():
     after_b = torch.rand(1)
     assert torch.equal(a[0].weight, b[0].weight) and torch.equal(after_a, after_b)
     assert not torch.equal(reinitialize(tiny_mlp(), 4)[0].weight, a[0].weight)
+
+
+class _WithEmbedding(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos = torch.nn.Parameter(torch.randn(4, 8) * 0.02)  # no reset method of its own
+        self.attn = torch.nn.MultiheadAttention(8, 2)  # _reset_parameters, not reset_parameters
+        self.norm = torch.nn.LayerNorm(8)
+        self.fc = torch.nn.Linear(8, 3)
+
+
+def test_reinitialize_redraws_every_randomly_initialized_parameter():
+    torch.manual_seed(0)
+    model = _WithEmbedding()
+    theta0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+    reinitialize(model, 7)
+    for name, p in model.named_parameters():
+        if theta0[name].unique().numel() > 1:  # constant inits (LayerNorm, zero biases) stay
+            assert not torch.equal(p, theta0[name]), name
+    assert 0.5 < float(model.pos.detach().std() / theta0["pos"].std()) < 2.0  # same scale
+
+
+def test_control_starts_from_other_weights_than_theta0(tuner):
+    model = tiny_mlp()
+    theta0 = snapshot(model)
+    starts = []
+
+    def train(m, epochs, lr_scale=1.0):
+        if m is not model:
+            starts.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        tuner.train(m, epochs, lr_scale)
+
+    find_lottery_ticket(model, [0.5], train, tuner.evaluate, epochs=1, progress=False)
+    (start,) = starts
+    for key, value in theta0.items():
+        got = start.get(key, start.get(f"{key}_orig"))
+        assert got is not None and not torch.equal(got, value), key

@@ -58,3 +58,26 @@ def test_sensitivity_on_a_model_feeds_prune(tuner, tmp_path):
 def test_sensitivity_rejects_bad_rates(tuner):
     with pytest.raises(ValueError, match="ascending"):
         sensitivity(tiny_mlp(), tuner.evaluate, rates=(0.9, 0.5))
+
+
+def test_each_trial_prunes_exactly_one_layer_at_its_rate(tuner):
+    from sparseprune.pruning.masks import current_mask, masked_tensors
+
+    model = tiny_mlp()
+    tuner.train(model, 3)
+    seen = []
+
+    def evaluate(m):
+        seen.append({t.name: float((~current_mask(t.module, t.param)).float().mean())
+                     for t in masked_tensors(m)})
+        return tuner.evaluate(m)
+
+    rates = (0.5, 0.98)
+    res = sensitivity(model, evaluate, rates=rates)
+    assert seen[0] == {}  # the baseline
+    trials = iter(seen[1:])
+    for layer in res.layers:
+        for r in rates:
+            masked = next(trials)
+            assert list(masked) == [layer] and masked[layer] == pytest.approx(r, abs=0.02)
+    assert min(min(row) for row in res.scores) < res.baseline - 5.0

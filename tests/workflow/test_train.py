@@ -61,3 +61,33 @@ def test_batches_are_seeded_and_cover_the_data():
 def test_evaluate_empty_loader_raises():
     with pytest.raises(ValueError, match="no samples"):
         evaluate(tiny_mlp(), [])
+
+
+def test_sharded_batches_give_every_rank_the_same_count():
+
+    x, y = torch.arange(9.0), torch.arange(9)
+    for shuffle in (False, True):
+        shards = [Batches(x, y, 1, shuffle=shuffle, rank=r, world_size=2) for r in (0, 1)]
+        got = [[int(b[1]) for b in s] for s in shards]
+        assert len(got[0]) == len(got[1]) == len(shards[0]) == len(shards[1]) == 4
+        assert not set(got[0]) & set(got[1])
+
+
+def test_demo_iterative_budget_follows_the_schedule():
+    from sparseprune.demo import iterative_budget
+    from sparseprune.pruning import Geometric
+
+    steps = Geometric.from_rate(0.9, 0.2).steps
+    assert iterative_budget(30, 1) == (steps, 30 - steps)
+    assert iterative_budget(5, 1) == (steps, 0)  # never a negative number of epochs
+
+
+def test_evaluate_restores_train_mode_when_the_model_raises():
+    model = tiny_mlp()
+
+    def broken():
+        yield torch.randn(2, 5), torch.zeros(2, dtype=torch.long)  # wrong feature count
+
+    with pytest.raises(RuntimeError):
+        evaluate(model, broken())
+    assert model.training
