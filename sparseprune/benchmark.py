@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._timing import time_calls
 from .nn import SparseLinear
 
 __all__ = ["Case", "Result", "METHODS", "run_case", "run_cases", "format_table", "make_weights",
@@ -170,13 +170,6 @@ METHODS: dict[str, Factory] = {
 }
 
 
-def _time_calls(fn: Callable, calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
 def run_case(case: Case, methods: Iterable[str] = tuple(METHODS), *, min_time: float = 0.3,
              rounds: int = 5, seed: int = 0) -> list[Result]:
     """Times every method on one case, interleaving rounds so drift hits all methods alike."""
@@ -202,12 +195,12 @@ def run_case(case: Case, methods: Iterable[str] = tuple(METHODS), *, min_time: f
             # Calls per timed batch: enough to fill min_time / rounds, measured once.
             calls = {}
             for m, fn in fns.items():
-                t = _time_calls(fn, 1)
+                t = time_calls(fn, 1)
                 calls[m] = max(1, int(min_time / rounds / max(t, 1e-7)))
             samples: dict[str, list[float]] = {m: [] for m in methods}
             for _ in range(rounds):
                 for m, fn in fns.items():
-                    samples[m].append(_time_calls(fn, calls[m]))
+                    samples[m].append(time_calls(fn, calls[m]))
     finally:
         torch.set_num_threads(prev_threads)
 

@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from ._modules import deepcopy_model
+from ._timing import interleaved
 from .convert import convert
 from .pruning import remove
 
@@ -71,29 +71,6 @@ def _cnn() -> nn.Sequential:
     )
 
 
-def _time_calls(fn: Callable[[], object], calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
-def _interleaved(fn: Callable[[], object], ref: Callable[[], object], calls: int,
-                 rounds: int = 7) -> tuple[float, float]:
-    """(median seconds of fn, median of per-round ref/fn ratios): fn and ref alternate within
-    each round, so load on a shared machine hits both alike."""
-    for _ in range(3):
-        fn()
-        ref()
-    times, ratios = [], []
-    for _ in range(rounds):
-        t_ref = _time_calls(ref, calls)
-        t = _time_calls(fn, calls)
-        times.append(t)
-        ratios.append(t_ref / t)
-    return statistics.median(times), statistics.median(ratios)
-
-
 def _state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
@@ -111,7 +88,7 @@ def _deploy(model: nn.Module, inputs: int, calls: int, reference: nn.Module) -> 
     with torch.inference_mode():
         for batch in (1, 64):
             x = torch.randn(batch, inputs)
-            t, ratio = _interleaved(lambda x=x: sparse(x), lambda x=x: reference(x), calls)
+            t, _, ratio = interleaved(lambda x=x: sparse(x), lambda x=x: reference(x), calls)
             out[f"ms_b{batch}"] = 1e3 * t
             out[f"x_b{batch}"] = ratio
     return out

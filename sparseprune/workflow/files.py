@@ -12,14 +12,13 @@ import fnmatch
 import os
 import pickle
 import re
-import statistics
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .._timing import interleaved
 from ..formats import CSR
 from ..pruning.summary import tensor_bytes
 
@@ -215,19 +214,6 @@ def format_layers(rows: list[LayerInfo]) -> str:
                       fmt.format(*total)])
 
 
-def median_time(fn: Callable[[], object], calls: int = 20, rounds: int = 5) -> float:
-    """Median seconds per call over ``rounds`` runs of ``calls`` calls (after a warm-up)."""
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - t0) / calls)
-    return statistics.median(samples)
-
-
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -321,8 +307,8 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
                 cells = []
                 for b in batches:
                     x = torch.randn(b, lin.in_features)
-                    td = median_time(lambda x=x, lin=lin: lin(x), calls)
-                    ts = median_time(lambda x=x, p=packed: p(x), calls)
+                    ts, td, _ = interleaved(lambda x=x, p=packed: p(x),
+                                            lambda x=x, lin=lin: lin(x), calls, rounds=5)
                     cells.append(f"{td * 1e3:>10.3f} {ts * 1e3:>8.3f} {td / ts:>6.2f}x")
                 lines.append(f"{name or '(root)':<32} " + "  ".join(cells))
     lines.append(f"\nwrote {os.fspath(out)}")
