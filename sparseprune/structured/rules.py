@@ -120,33 +120,28 @@ FUNCTION_RULES: dict[Any, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 
 
+def _registrar(table: dict) -> Callable[..., Callable[[Rule], Rule]]:
+    """A decorator factory that files a rule under every key it is given in ``table``."""
+
+    def register(*keys: Any) -> Callable[[Rule], Rule]:
+        def deco(fn: Rule) -> Rule:
+            for key in keys:
+                table[key] = fn
+            return fn
+
+        return deco
+
+    return register
+
+
+_module_rule = _registrar(MODULE_RULES)
+_function_rule = _registrar(FUNCTION_RULES)
+_method_rule = _registrar(METHOD_RULES)
+
+
 def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
     """Decorator: ``@register_module_rule(MyLayer)`` handles ``call_module`` of that type."""
-
-    def deco(fn: Rule) -> Rule:
-        for t in types:
-            MODULE_RULES[t] = fn
-        return fn
-
-    return deco
-
-
-def _function_rule(*targets: Any) -> Callable[[Rule], Rule]:
-    def deco(fn: Rule) -> Rule:
-        for t in targets:
-            FUNCTION_RULES[t] = fn
-        return fn
-
-    return deco
-
-
-def _method_rule(*names: str) -> Callable[[Rule], Rule]:
-    def deco(fn: Rule) -> Rule:
-        for n in names:
-            METHOD_RULES[n] = fn
-        return fn
-
-    return deco
+    return _module_rule(*types)
 
 
 def _unknown(ctx: _Ctx, why: str | None = None) -> Any:

@@ -34,16 +34,21 @@ def plot_histories(histories: Sequence[History], path: str | os.PathLike, *,
             xs = [100 * r.sparsity for r in h.rounds]
             ys = [r.accuracy for r in h.rounds]
             ax.plot(xs, ys, marker="o", markersize=3, label=h.method)
-        ax.set_xlabel("sparsity (% of parameters zero)")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        if title:
-            ax.set_title(title, fontsize=10)
-        fig.tight_layout()
-        fig.savefig(path)
+        _finish(fig, ax, path, "sparsity (% of parameters zero)", "accuracy", title)
     finally:
         plt.close(fig)
+
+
+def _finish(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, grid, legend and title shared by every plot, then writes ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def plot_sensitivity(result: Sensitivity, path: str | os.PathLike, *, title: str = "") -> None:
@@ -56,13 +61,7 @@ def plot_sensitivity(result: Sensitivity, path: str | os.PathLike, *, title: str
             ys = [result.baseline - s for s in result.scores[i]]
             ax.plot(xs, ys, marker="o", markersize=3,
                     label=f"{name} ({result.params[i]:,} weights)")
-        ax.set_xlabel("layer sparsity (%), that layer alone, no fine-tuning")
-        ax.set_ylabel("accuracy drop")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        if title:
-            ax.set_title(title, fontsize=10)
-        fig.tight_layout()
-        fig.savefig(path)
+        _finish(fig, ax, path, "layer sparsity (%), that layer alone, no fine-tuning",
+                "accuracy drop", title)
     finally:
         plt.close(fig)
