@@ -6,9 +6,11 @@
 """
 
 from .budget import CostModel, count_macs, count_params
+from .fold import fold_batchnorm, folded_batchnorms
 from .graph import DependencyGraph, Group, StructuredTraceError, Unprunable, trace
 from .importance import IMPORTANCE, BNScale, LpNorm, Random, Taylor
 from .io import load_pruned, save_pruned, width_config
+from .latency import LatencyModel, WallClock
 from .mha import HeadPrunedMultiheadAttention
 from .planner import Plan, PlanConfig, plan
 from .rules import register_module_rule
@@ -21,6 +23,7 @@ __all__ = [
     "DependencyGraph",
     "Group",
     "HeadPrunedMultiheadAttention",
+    "LatencyModel",
     "LpNorm",
     "Plan",
     "PlanConfig",
@@ -29,9 +32,12 @@ __all__ = [
     "StructuredTraceError",
     "Taylor",
     "Unprunable",
+    "WallClock",
     "apply_plan",
     "count_macs",
     "count_params",
+    "fold_batchnorm",
+    "folded_batchnorms",
     "load_pruned",
     "masked_model",
     "plan",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .fold import FOLDED_ATTR, folded_batchnorms
 from .mha import mark_head_pruned
 from .rules import HEAD_ATTRS
 
@@ -28,7 +29,10 @@ WIDTH_ATTRS = (
 
 
 def width_config(model: nn.Module) -> dict:
-    """``{"attrs": {module: {attr: int}}, "shapes": {tensor: [sizes]}}`` of ``model``."""
+    """``{"attrs": {module: {attr: int}}, "shapes": {tensor: [sizes]}, "folded": {bn: conv}}``.
+
+    ``folded`` lists the BatchNorms that ``fold_batchnorm`` replaced by ``nn.Identity``.
+    """
     attrs = {}
     for name, mod in model.named_modules():
         found = {a: getattr(mod, a) for a in WIDTH_ATTRS
@@ -37,7 +41,7 @@ def width_config(model: nn.Module) -> dict:
         if found:
             attrs[name] = found
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    return {"attrs": attrs, "shapes": shapes}
+    return {"attrs": attrs, "shapes": shapes, "folded": folded_batchnorms(model)}
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
@@ -67,6 +71,8 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
                                  f"(expected one of {WIDTH_ATTRS})")
             setattr(mods[name], attr, value)
     mark_head_pruned(model)
+    _refold(model, data["widths"].get("folded", {}), path)
+    mods = dict(model.named_modules())
     sd = data["state_dict"]
     for key, shape in data["widths"]["shapes"].items():
         mod_name, _, attr = key.rpartition(".")
@@ -86,3 +92,27 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
             mod._buffers[attr] = new
     model.load_state_dict(sd, strict=True)
     return model
+
+
+def _refold(model: nn.Module, folded: dict, path) -> None:
+    """Replace the recorded BatchNorms by ``nn.Identity``; give their convs a bias."""
+    if not isinstance(folded, dict):
+        raise ValueError(f"{path}: 'folded' must map BatchNorm names to conv names")
+    for bn_name, conv_name in folded.items():
+        try:
+            bn, conv = model.get_submodule(bn_name), model.get_submodule(conv_name)
+        except AttributeError as exc:
+            raise ValueError(f"{path}: folded pair {bn_name!r} -> {conv_name!r} not in "
+                             f"{type(model).__name__}: {exc}") from None
+        if not isinstance(bn, (nn.modules.batchnorm._BatchNorm, nn.Identity)) or not hasattr(
+            conv, "out_channels"
+        ):
+            raise ValueError(f"{path}: folded pair {bn_name!r} -> {conv_name!r} is a "
+                             f"{type(bn).__name__} -> {type(conv).__name__}, expected "
+                             "BatchNorm -> conv")
+        parent, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+        if conv.bias is None:
+            conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0] if not isinstance(
+                conv, nn.modules.conv._ConvTransposeNd) else conv.weight.shape[1] * conv.groups))
+    setattr(model, FOLDED_ATTR, dict(folded))

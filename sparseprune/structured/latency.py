@@ -2,9 +2,14 @@
 
 Every conv / linear layer is timed alone at input and output widths {1/4, 1/2, 1} of its own
 (9 points, tiny timing loops: one warm-up, best of three) and interpolated bilinearly in between.
-The rest of the model (pooling, activations, ...) is a constant: the measured full model minus the
-layers. Tables are cached in ``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``) by CPU,
-torch version, thread count and layer shape.
+Ops with MACs that are not timed alone (attention score and weighted-sum matmuls,
+``nn.MultiheadAttention``) are charged the timed layers' seconds per MAC, scaled by their kept
+MACs. The rest of the model (pooling, activations, norms) is a constant: the measured full model
+minus all of that. Tables are cached in ``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``)
+by CPU, torch version, thread count and layer shape.
+
+The table only predicts; ``plan`` then measures the pruned model against the unpruned one
+(``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio meets the budget.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import nn
 from .budget import CostModel
 from .graph import DependencyGraph
 
-__all__ = ["LatencyModel", "time_call"]
+__all__ = ["LatencyModel", "WallClock", "time_call"]
 
 GRID = (0.25, 0.5, 1.0)
 
@@ -37,6 +42,55 @@ def time_call(fn, repeats: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+class WallClock:
+    """How latency is measured (tests substitute a deterministic clock).
+
+    ``layer`` times one module alone (best of ``repeats`` after a warm-up); ``ratio`` times two
+    models interleaved (A, B, A, B, ...) so drift hits both alike, and returns the ratio of
+    medians.
+    """
+
+    def __init__(self, repeats: int = 3, min_time: float = 1.0, min_rounds: int = 5) -> None:
+        self.repeats = repeats
+        self.min_time = min_time
+        self.min_rounds = min_rounds
+
+    def layer(self, module: nn.Module, inputs: tuple) -> float:
+        with torch.no_grad():
+            return time_call(lambda: module(*inputs), self.repeats)
+
+    def ratio(self, small: nn.Module, big: nn.Module, inputs: tuple) -> float:
+        """``median time(small) / median time(big)`` on ``inputs``, both in eval mode."""
+        with _eval(small), _eval(big), torch.no_grad():
+            small(*inputs), big(*inputs)
+            ts, tb = [], []
+            while len(ts) < self.min_rounds or sum(ts) + sum(tb) < self.min_time:
+                t0 = time.perf_counter()
+                small(*inputs)
+                t1 = time.perf_counter()
+                big(*inputs)
+                tb.append(time.perf_counter() - t1)
+                ts.append(t1 - t0)
+                if len(ts) >= 200:
+                    break
+        return float(np.median(ts) / np.median(tb))
+
+
+class _eval:
+    """Context: ``model`` in eval mode, every submodule's mode restored afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.modes = [m.training for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        for m, t in zip(self.model.modules(), self.modes, strict=True):
+            m.training = t
 
 
 def _cpu_name() -> str:
@@ -75,7 +129,9 @@ def _scaled_layer(m: nn.Module, fin: float, fout: float) -> tuple[nn.Module, int
 class LatencyModel:
     """Predicted latency (seconds) of the pruned model from a keep vector."""
 
-    def __init__(self, graph: DependencyGraph, costs: CostModel, repeats: int = 3) -> None:
+    def __init__(self, graph: DependencyGraph, costs: CostModel,
+                 timer: WallClock | None = None, progress: bool = False) -> None:
+        timer = timer or WallClock()
         self.costs = costs
         path = _cache_path()
         try:
@@ -83,48 +139,64 @@ class LatencyModel:
         except (OSError, ValueError):
             cache = {}
         self.items = []
-        total_layers = 0.0
+        timed, untimed = [], []
         for it in graph.macs_items:
             name = it.module
-            if name is None or name not in graph.layer_inputs:
-                continue
-            m = graph.model.get_submodule(name)
-            if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                continue
-            shape = graph.layer_inputs[name]
-            key = f"{type(m).__name__}|{m}|{shape}|{next(m.parameters()).dtype}"
+            m = graph.model.get_submodule(name) if name is not None else None
+            if (name in graph.layer_inputs
+                    and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))):
+                timed.append((it, m))
+            else:
+                untimed.append(it)
+        todo = [(it, m) for it, m in timed if self._key(it.module, m, graph) not in cache]
+        bar = None
+        if progress and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="latency table", unit="layer", leave=False)
+        total_layers, timed_macs = 0.0, 0.0
+        for it, m in timed:
+            key = self._key(it.module, m, graph)
             if key not in cache:
-                cache[key] = self._measure(m, shape, repeats)
+                cache[key] = self._measure(m, graph.layer_inputs[it.module], timer)
+                if bar is not None:
+                    bar.update()
             table = np.array(cache[key])
             dims = [costs.index(d) for d in it.dims]
             self.items.append((table, dims, isinstance(m, nn.Linear) or m.groups != m.in_channels))
             total_layers += table[-1, -1]
+            timed_macs += it.base
+        if bar is not None:
+            bar.close()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
-        inputs = graph.example_inputs
-        model = graph.model
-        was_training = [m.training for m in model.modules()]
-        try:
-            model.eval()
-            with torch.no_grad():
-                full = time_call(lambda: model(*inputs), repeats)
-        finally:
-            for m, t in zip(model.modules(), was_training, strict=True):
-                m.training = t
-        self.rest = max(0.0, full - total_layers)
+        with _eval(graph.model):
+            full = timer.layer(graph.model, graph.example_inputs)
+        # Untimed matmuls run at the timed layers' speed, within what the layers leave over.
+        untimed_macs = sum(it.base for it in untimed)
+        left = max(0.0, full - total_layers)
+        spm = total_layers / timed_macs if timed_macs else 0.0
+        if untimed_macs:
+            spm = min(spm or left / untimed_macs, 0.9 * left / untimed_macs)
+        self.mac_items = [(it.base * spm, [costs.index(d) for d in it.dims]) for it in untimed]
+        self.rest = max(0.0, left - untimed_macs * spm)
 
     @staticmethod
-    def _measure(m: nn.Module, shape: tuple, repeats: int) -> list[list[float]]:
+    def _key(name: str, m: nn.Module, graph: DependencyGraph) -> str:
+        shape = graph.layer_inputs[name]
+        return f"{type(m).__name__}|{m}|{shape}|{next(m.parameters()).dtype}"
+
+    @staticmethod
+    def _measure(m: nn.Module, shape: tuple, timer: WallClock) -> list[list[float]]:
         table = []
-        with torch.no_grad():
-            for fin in GRID:
-                row = []
-                for fout in GRID:
-                    layer, cin = _scaled_layer(m, fin, fout)
-                    x = torch.randn(*shape[:-1], cin) if isinstance(m, nn.Linear) else \
-                        torch.randn(shape[0], cin, *shape[2:])
-                    row.append(time_call(lambda layer=layer, x=x: layer(x), repeats))
-                table.append(row)
+        for fin in GRID:
+            row = []
+            for fout in GRID:
+                layer, cin = _scaled_layer(m, fin, fout)
+                x = torch.randn(*shape[:-1], cin) if isinstance(m, nn.Linear) else \
+                    torch.randn(shape[0], cin, *shape[2:])
+                row.append(timer.layer(layer, (x,)))
+            table.append(row)
         return table
 
     def latency(self, keep: np.ndarray) -> float:
@@ -134,7 +206,7 @@ class LatencyModel:
             fin = keep[dims[1]].mean() if has_in and len(dims) > 1 and dims[1].size else (
                 fout if not has_in else 1.0)
             total += _bilinear(table, fin, fout)
-        return total
+        return total + CostModel._scaled(self.mac_items, keep)
 
 
 def _bilinear(table: np.ndarray, fin: float, fout: float) -> float:

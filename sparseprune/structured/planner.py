@@ -10,6 +10,7 @@ are added back greedily while the budget still holds).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import nn
 from .budget import CostModel
 from .graph import DependencyGraph, Group, trace
 from .importance import Importance, get_importance
+from .latency import LatencyModel, WallClock
 
 __all__ = ["Plan", "PlanConfig", "plan"]
 
@@ -41,6 +43,11 @@ class PlanConfig:
         min_ratio: no group keeps less than this fraction of its width.
         protect_output: never change the model's output shape.
         leaf_modules: module types not traced into (their channels are kept).
+        calibrate: latency budgets only: rounds of measuring the pruned model against the
+            unpruned one (interleaved runs on the example input) and re-planning with the
+            table's target scaled by the miss; 0 trusts the table's prediction.
+        tolerance: latency budgets only: a measured ratio within this relative distance of
+            the budget ends calibration (0.03: 50 % means 48.5-51.5 %).
     """
 
     amount: float | None = None
@@ -54,6 +61,8 @@ class PlanConfig:
     min_ratio: float = 1 / 8
     protect_output: bool = True
     leaf_modules: tuple[type, ...] = ()
+    calibrate: int = 6
+    tolerance: float = 0.03
 
     def __post_init__(self) -> None:
         given = {k: getattr(self, k) for k in ("amount", "macs", "params", "latency")
@@ -73,6 +82,9 @@ class PlanConfig:
         if self.latency is not None and not 0 < self.latency <= 1:
             raise ValueError(f"latency must be a fraction of the current latency in (0, 1]; got "
                              f"{self.latency}")
+        if self.calibrate < 0 or not 0 < self.tolerance < 1:
+            raise ValueError(f"need calibrate >= 0 and 0 < tolerance < 1; got calibrate="
+                             f"{self.calibrate}, tolerance={self.tolerance}")
         if self.scope not in ("local", "global"):
             raise ValueError(f"scope must be 'local' or 'global'; got {self.scope!r}")
         if self.round_to < 1 or self.min_channels < 1 or not 0 < self.min_ratio <= 1:
@@ -110,6 +122,8 @@ class Plan:
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     latency_table: object | None = None
+    # latency budgets: {"ratio": measured pruned/unpruned, "rounds": [(predicted, measured)]}
+    measured: dict = field(default_factory=dict)
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -146,6 +160,10 @@ class Plan:
         lines.append(f"  {'group':<48} {'before':>7} {'after':>7}")
         for name, b, a in self.widths():
             lines.append(f"  {name[:48]:<48} {b:>7} {a:>7}")
+        if self.measured:
+            rounds = ", ".join(f"{m:.1%}" for _, m in self.measured["rounds"])
+            lines.insert(1, f"  latency measured: {self.measured['ratio']:.1%} of the unpruned "
+                            f"model (budget {c.latency:.1%}; rounds: {rounds})")
         if self.graph.unprunable:
             lines.append("  kept (cannot prove safe to prune):")
             lines += [f"    {u}" for u in self.graph.unprunable]
@@ -155,11 +173,13 @@ class Plan:
 
     # ---- actions ------------------------------------------------------------------------------
 
-    def apply(self, *, inplace: bool = False, channels_last: bool = False) -> nn.Module:
+    def apply(
+        self, *, inplace: bool = False, channels_last: bool = False, fold_bn: bool = False
+    ) -> nn.Module:
         """The pruned model: a plain module with smaller tensors (see ``surgery.apply_plan``)."""
         from .surgery import apply_plan
 
-        return apply_plan(self, inplace=inplace, channels_last=channels_last)
+        return apply_plan(self, inplace=inplace, channels_last=channels_last, fold_bn=fold_bn)
 
     def masked_model(self) -> nn.Module:
         """A copy of the original with every removed channel's slices zeroed (same shapes)."""
@@ -178,6 +198,8 @@ def plan(
     *,
     config: PlanConfig | None = None,
     graph: DependencyGraph | None = None,
+    timer: WallClock | None = None,
+    progress: bool = True,
     **kwargs,
 ) -> Plan:
     """Plan structured pruning of ``model``.
@@ -188,6 +210,8 @@ def plan(
         config: a ``PlanConfig``; or pass its fields as keyword arguments
             (``amount=0.5, importance="l2", round_to=16, ...``).
         graph: a dependency graph already traced from this model (reused, not re-traced).
+        timer: latency budgets: how time is measured (default ``WallClock()``).
+        progress: latency budgets: progress bars while the table is measured and calibrated.
 
     Returns:
         A ``Plan``; ``print(plan)`` shows widths and unprunable ops, ``plan.apply()`` prunes.
@@ -208,9 +232,8 @@ def plan(
     costs = CostModel(graph)
     table = None
     if config.metric == "latency":
-        from .latency import LatencyModel
-
-        table = LatencyModel(graph, costs)
+        timer = timer or WallClock()
+        table = LatencyModel(graph, costs, timer, progress)
         cost = table.latency
     else:
         cost = costs.metric(config.metric)
@@ -226,8 +249,76 @@ def plan(
         result.after[k] = costs.metric(k)(keep)
     if table is not None:
         result.before["latency_s"] = base
-        result.after["latency_s"] = cost(keep)
+        if config.calibrate:
+            _calibrate(result, states, cost, timer, progress)
+        result.after["latency_s"] = cost(result.keep)
+        for k in ("channels", "params", "macs"):
+            result.after[k] = costs.metric(k)(result.keep)
     return result
+
+
+def _next_target(tried: list, budget: float, base: float) -> float:
+    """Predicted-seconds target for the next round: interpolate between the closest plans
+    measured under and over the budget (regula falsi), else scale the last one by its miss."""
+    under = [(p, r) for p, r, _ in tried if r < budget]
+    over = [(p, r) for p, r, _ in tried if r > budget]
+    if under and over:
+        (p0, r0), (p1, r1) = max(under, key=lambda t: t[1]), min(over, key=lambda t: t[1])
+        return p0 + (budget - r0) * (p1 - p0) / (r1 - r0)
+    p, r, _ = tried[-1]
+    return min(base, p * budget / r)
+
+
+def _channels_last(model: nn.Module) -> bool:
+    return any(p.dim() == 4 and not p.is_contiguous()
+               and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
+
+
+def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
+    """Measure the planned model, re-plan with the predicted target scaled by the miss."""
+    from .surgery import apply_plan
+
+    config, graph = result.config, result.graph
+    budget, tol = config.latency, config.tolerance
+    base = result.before["latency_s"]
+    layout = _channels_last(graph.model)
+    pred, keep = result.target, result.keep
+    tried: list[tuple[float, float, np.ndarray]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.calibrate, desc="latency calibration", unit="round", leave=False)
+    for _ in range(config.calibrate):
+        result.keep = keep
+        ratio = timer.ratio(apply_plan(result, channels_last=layout), graph.model,
+                            graph.example_inputs)
+        tried.append((pred, ratio, keep))
+        if bar is not None:
+            bar.update()
+            bar.set_postfix(measured=f"{ratio:.1%}")
+        if abs(ratio - budget) <= tol * budget:
+            break
+        pred = _next_target(tried, budget, base)
+        try:
+            keep = _search(states, result.costs, cost, pred, config)
+        except ValueError:  # the floors stop it: nothing smaller to try
+            break
+        if any(np.array_equal(keep, k) for _, _, k in tried):
+            break
+    if bar is not None:
+        bar.close()
+    ok = [t for t in tried if t[1] <= budget * (1 + tol)]
+    pred, ratio, keep = max(ok, key=lambda t: t[1]) if ok else min(tried, key=lambda t: t[1])
+    if not ok:
+        warnings.warn(
+            f"latency budget {budget:.1%} not met by measurement: the best plan measured "
+            f"{ratio:.1%} of the unpruned model after {len(tried)} rounds (floors "
+            f"min_ratio={config.min_ratio}, min_channels={config.min_channels} may stop it)",
+            stacklevel=3,
+        )
+    result.keep, result.target = keep, pred
+    result.measured = {"ratio": ratio, "rounds": [(p / base, r) for p, r, _ in tried]}
 
 
 def _target(config: PlanConfig, base: float) -> float:
@@ -293,11 +384,13 @@ def _search(states, costs: CostModel, cost, target: float, config: PlanConfig) -
         return keep
     low_keep, low_counts = keep_at(1.0)
     if cost(low_keep) > target * (1 + 1e-9):
+        base = cost(costs.full())
         raise ValueError(
-            f"{config.metric} budget {target:.4g} is unreachable: with the floors "
-            f"(min_ratio={config.min_ratio}, min_channels={config.min_channels}) and the "
-            f"unprunable ops the smallest model costs {cost(low_keep):.4g}; lower the floors or "
-            "raise the budget"
+            f"{config.metric} budget {target:.4g} ({target / base:.1%} of the unpruned model) is "
+            f"unreachable: with the floors (min_ratio={config.min_ratio}, min_channels="
+            f"{config.min_channels}) and the unprunable ops the smallest model costs "
+            f"{cost(low_keep):.4g} ({cost(low_keep) / base:.1%}); lower the floors or raise the "
+            "budget"
         )
     lo, hi = 0.0, 1.0  # cost(lo) > target >= cost(hi)
     for _ in range(40):

@@ -62,13 +62,17 @@ def _flat(x):
         yield x
 
 
-def apply_plan(plan: Plan, *, inplace: bool = False, channels_last: bool = False) -> nn.Module:
+def apply_plan(
+    plan: Plan, *, inplace: bool = False, channels_last: bool = False, fold_bn: bool = False
+) -> nn.Module:
     """Build the pruned model.
 
     Args:
         plan: from ``plan(...)``.
         inplace: prune ``plan.graph.model`` itself instead of a deep copy.
         channels_last: convert the result to ``torch.channels_last`` memory format.
+        fold_bn: fold each BatchNorm that follows a conv into it (``fold_batchnorm``); for
+            inference only, the result is in eval mode.
 
     Returns:
         A plain ``nn.Module`` of the same classes, with smaller tensors.
@@ -89,6 +93,10 @@ def apply_plan(plan: Plan, *, inplace: bool = False, channels_last: bool = False
     for (mod_name, attr), atoms in graph.attrs.items():
         setattr(model.get_submodule(mod_name), attr, int(plan.keep_of(atoms).sum()))
     mark_head_pruned(model)
+    if fold_bn:
+        from .fold import fold_batchnorm
+
+        model = fold_batchnorm(model, inplace=True, leaf_modules=plan.config.leaf_modules)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     _check(plan, model)
