@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from sparseprune.structured import count_macs, plan
+from sparseprune.structured import count_macs, fold_batchnorm, plan
 from tests.structured.models import MobileNetV2, ResNet18, randomize_bn
 
 MODELS = {
@@ -44,9 +44,7 @@ def interleaved(a, b, x, rounds: int) -> tuple[float, float]:
 
 def _fuse(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with every eval-mode BatchNorm folded into the conv before it (a copy)."""
-    from torch.fx.experimental.optimization import fuse
-
-    return fuse(model)
+    return fold_batchnorm(model)
 
 
 def main() -> None:

@@ -106,6 +106,9 @@ class DependencyGraph:
     attrs: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     producers: list[tuple[str, np.ndarray]] = field(default_factory=list)
     macs_items: list[_CostItem] = field(default_factory=list)
+    # tensors written by ops other than the MAC items (norms, activations, adds, pooling):
+    # elements and the channel dims that scale them; the latency model charges them by size
+    memory_items: list[_CostItem] = field(default_factory=list)
     unprunable: list[Unprunable] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)

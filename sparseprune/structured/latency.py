@@ -4,9 +4,11 @@ Every conv / linear layer is timed alone at input and output widths {1/4, 1/2, 1
 (9 points, tiny timing loops: one warm-up, best of three) and interpolated bilinearly in between.
 Ops with MACs that are not timed alone (attention score and weighted-sum matmuls,
 ``nn.MultiheadAttention``) are charged the timed layers' seconds per MAC, scaled by their kept
-MACs. The rest of the model (pooling, activations, norms) is a constant: the measured full model
-minus all of that. Tables are cached in ``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``)
-by CPU, torch version, thread count and layer shape.
+MACs. The rest of the measured full model (norms, activations, adds, pooling) is charged as
+memory traffic: a fixed per-op cost plus a share proportional to the elements each op writes,
+scaled by the kept fraction of that tensor's channels. Tables are cached in
+``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``) by CPU, torch version, thread count,
+layer shape and memory layout.
 
 The table only predicts; ``plan`` then measures the pruned model against the unpruned one
 (``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio meets the budget.
@@ -93,6 +95,12 @@ class _eval:
             m.training = t
 
 
+def channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s 4-d weights are in ``torch.channels_last`` memory format."""
+    return any(p.dim() == 4 and not p.is_contiguous()
+               and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -148,6 +156,7 @@ class LatencyModel:
                 timed.append((it, m))
             else:
                 untimed.append(it)
+        self.channels_last = channels_last(graph.model)
         todo = [(it, m) for it, m in timed if self._key(it.module, m, graph) not in cache]
         bar = None
         if progress and todo:
@@ -158,7 +167,8 @@ class LatencyModel:
         for it, m in timed:
             key = self._key(it.module, m, graph)
             if key not in cache:
-                cache[key] = self._measure(m, graph.layer_inputs[it.module], timer)
+                cache[key] = self._measure(m, graph.layer_inputs[it.module], timer,
+                                           self.channels_last)
                 if bar is not None:
                     bar.update()
             table = np.array(cache[key])
@@ -179,15 +189,27 @@ class LatencyModel:
         if untimed_macs:
             spm = min(spm or left / untimed_macs, 0.9 * left / untimed_macs)
         self.mac_items = [(it.base * spm, [costs.index(d) for d in it.dims]) for it in untimed]
-        self.rest = max(0.0, left - untimed_macs * spm)
+        left = max(0.0, left - untimed_macs * spm)
+        # What is left (norms, activations, adds, pooling) is mostly memory traffic: a fixed
+        # per-op cost plus a share proportional to the elements each op writes.
+        names = {it.module for it, _ in timed}
+        memory = [it for it in graph.memory_items if it.module not in names]
+        per_op = timer.layer(nn.ReLU(), (torch.zeros(1),))
+        self.rest = min(left, per_op * len(memory))
+        elements = sum(it.base for it in memory)
+        spe = (left - self.rest) / elements if elements else 0.0
+        self.memory_items = [(it.base * spe, [costs.index(d) for d in it.dims]) for it in memory]
+        if not memory:
+            self.rest = left
 
-    @staticmethod
-    def _key(name: str, m: nn.Module, graph: DependencyGraph) -> str:
+    def _key(self, name: str, m: nn.Module, graph: DependencyGraph) -> str:
         shape = graph.layer_inputs[name]
-        return f"{type(m).__name__}|{m}|{shape}|{next(m.parameters()).dtype}"
+        layout = "|channels_last" if self.channels_last and len(shape) == 4 else ""
+        return f"{type(m).__name__}|{m}|{shape}|{next(m.parameters()).dtype}{layout}"
 
     @staticmethod
-    def _measure(m: nn.Module, shape: tuple, timer: WallClock) -> list[list[float]]:
+    def _measure(m: nn.Module, shape: tuple, timer: WallClock,
+                 nhwc: bool) -> list[list[float]]:
         table = []
         for fin in GRID:
             row = []
@@ -195,6 +217,9 @@ class LatencyModel:
                 layer, cin = _scaled_layer(m, fin, fout)
                 x = torch.randn(*shape[:-1], cin) if isinstance(m, nn.Linear) else \
                     torch.randn(shape[0], cin, *shape[2:])
+                if nhwc and x.dim() == 4:
+                    layer = layer.to(memory_format=torch.channels_last)
+                    x = x.to(memory_format=torch.channels_last)
                 row.append(timer.layer(layer, (x,)))
             table.append(row)
         return table
@@ -206,7 +231,8 @@ class LatencyModel:
             fin = keep[dims[1]].mean() if has_in and len(dims) > 1 and dims[1].size else (
                 fout if not has_in else 1.0)
             total += _bilinear(table, fin, fout)
-        return total + CostModel._scaled(self.mac_items, keep)
+        return (total + CostModel._scaled(self.mac_items, keep)
+                + CostModel._scaled(self.memory_items, keep))
 
 
 def _bilinear(table: np.ndarray, fin: float, fout: float) -> float:

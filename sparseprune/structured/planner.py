@@ -20,7 +20,7 @@ from torch import nn
 from .budget import CostModel
 from .graph import DependencyGraph, Group, trace
 from .importance import Importance, get_importance
-from .latency import LatencyModel, WallClock
+from .latency import LatencyModel, WallClock, channels_last
 
 __all__ = ["Plan", "PlanConfig", "plan"]
 
@@ -61,7 +61,7 @@ class PlanConfig:
     min_ratio: float = 1 / 8
     protect_output: bool = True
     leaf_modules: tuple[type, ...] = ()
-    calibrate: int = 6
+    calibrate: int = 8
     tolerance: float = 0.03
 
     def __post_init__(self) -> None:
@@ -257,21 +257,19 @@ def plan(
     return result
 
 
-def _next_target(tried: list, budget: float, base: float) -> float:
+def _next_target(tried: list, budget: float, base: float, bisect: bool = False) -> float:
     """Predicted-seconds target for the next round: interpolate between the closest plans
-    measured under and over the budget (regula falsi), else scale the last one by its miss."""
+    measured under and over the budget (regula falsi; ``bisect``: their midpoint), else scale
+    the last one by its miss."""
     under = [(p, r) for p, r, _ in tried if r < budget]
     over = [(p, r) for p, r, _ in tried if r > budget]
     if under and over:
         (p0, r0), (p1, r1) = max(under, key=lambda t: t[1]), min(over, key=lambda t: t[1])
+        if bisect:
+            return (p0 + p1) / 2
         return p0 + (budget - r0) * (p1 - p0) / (r1 - r0)
     p, r, _ = tried[-1]
     return min(base, p * budget / r)
-
-
-def _channels_last(model: nn.Module) -> bool:
-    return any(p.dim() == 4 and not p.is_contiguous()
-               and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
 
 
 def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
@@ -281,7 +279,7 @@ def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
     config, graph = result.config, result.graph
     budget, tol = config.latency, config.tolerance
     base = result.before["latency_s"]
-    layout = _channels_last(graph.model)
+    layout = channels_last(graph.model)
     pred, keep = result.target, result.keep
     tried: list[tuple[float, float, np.ndarray]] = []
     bar = None
@@ -299,12 +297,18 @@ def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
             bar.set_postfix(measured=f"{ratio:.1%}")
         if abs(ratio - budget) <= tol * budget:
             break
-        pred = _next_target(tried, budget, base)
-        try:
-            keep = _search(states, result.costs, cost, pred, config)
-        except ValueError:  # the floors stop it: nothing smaller to try
-            break
-        if any(np.array_equal(keep, k) for _, _, k in tried):
+        keep = None
+        for bisect in (False, True):  # a repeated plan: halve the bracket instead
+            pred = _next_target(tried, budget, base, bisect)
+            try:
+                keep = _search(states, result.costs, cost, pred, config)
+            except ValueError:  # the floors stop it: nothing smaller to try
+                keep = None
+                break
+            if not any(np.array_equal(keep, k) for _, _, k in tried):
+                break
+            keep = None
+        if keep is None:
             break
     if bar is not None:
         bar.close()

@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import DependencyGraph
+from .graph import DependencyGraph, _CostItem
 from .labels import FIXED
 
 __all__ = [
@@ -1086,8 +1086,32 @@ class LabelInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         ctx = _Ctx(n, self.dep, self.env, self.node_labels, result)
-        self.node_labels[n] = self._label(ctx)
+        labels = self._label(ctx)
+        self.node_labels[n] = labels
+        self._memory_item(ctx, labels)
         return result
+
+    def _memory_item(self, ctx: _Ctx, labels: Any) -> None:
+        """Record a tensor this op writes (not a view, not the input handed back)."""
+        n, out = ctx.node, ctx.result
+        if n.op not in ("call_module", "call_function", "call_method"):
+            return
+        if not isinstance(out, torch.Tensor) or not isinstance(labels, tuple) or (
+            len(labels) != out.dim()
+        ):
+            return
+        inputs = [t for t in _flat(ctx.val(n.args)) if isinstance(t, torch.Tensor)]
+        mod = self.dep.model.get_submodule(str(n.target)) if n.op == "call_module" else None
+        inplace = bool(getattr(mod, "inplace", False) or n.kwargs.get("inplace")) or (
+            n.op == "call_method" and str(n.target).endswith("_")
+        )
+        ptr = out.untyped_storage().data_ptr()
+        if not inplace and any(t.untyped_storage().data_ptr() == ptr for t in inputs):
+            return  # a view or the input itself: no memory traffic
+        self.dep.memory_items.append(
+            _CostItem(float(out.numel()), [lab for lab in labels if lab is not None],
+                      ctx.module_name)
+        )
 
     def _label(self, ctx: _Ctx) -> Any:
         n = ctx.node

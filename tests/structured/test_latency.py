@@ -116,3 +116,17 @@ def test_bad_calibration_options():
         plan(ResNet18(), torch.randn(1, 3, 32, 32), latency=0.5, calibrate=-1)
     with pytest.raises(ValueError, match="tolerance"):
         plan(ResNet18(), torch.randn(1, 3, 32, 32), latency=0.5, tolerance=0)
+
+
+def test_memory_items_skip_views_and_count_inplace_ops():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(inplace=True),
+        torch.nn.Flatten(), torch.nn.Dropout(), torch.nn.Linear(8 * 6 * 6, 4),
+    ).eval()
+    from sparseprune.structured import trace
+
+    graph = trace(model, torch.randn(2, 3, 8, 8))
+    names = [it.module for it in graph.memory_items]
+    assert names == ["0", "1", "2", "5"]  # flatten is a view, eval dropout hands x back
+    bn = graph.memory_items[1]
+    assert bn.base == 2 * 8 * 6 * 6 and len(bn.dims) == 1

@@ -1,0 +1,70 @@
+"""Latency budgets on this CPU: does the measured pruned model meet the budget it was planned for?
+
+For every model and budget, ``plan(model, x, latency=budget)`` builds (or loads) the per-layer
+latency table, plans, then measures and re-plans (calibration). The report gives the table's own
+first guess, each calibration round's measured ratio, and an independent interleaved re-measure
+of the final pruned model against the unpruned one, beside the MAC reduction. Prints Markdown.
+
+    PYTHONPATH=. python bench/latency_budget_report.py                       # batch 32, 224²
+    PYTHONPATH=. python bench/latency_budget_report.py --batch 1 --budgets 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sparseprune.structured import WallClock, count_macs, plan
+from tests.structured.models import MobileNetV2, ResNet18, randomize_bn
+
+MODELS = {
+    "resnet18": lambda: ResNet18(width=64, classes=1000),
+    "mobilenetv2": lambda: MobileNetV2(classes=1000, table=MobileNetV2.FULL),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--budgets", default="0.5,0.3", help="fractions of the unpruned latency")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--layout", choices=["contiguous", "channels_last"], default="channels_last")
+    ap.add_argument("--check-time", type=float, default=8.0,
+                    help="seconds of interleaved runs for the independent re-measure")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    fmt = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(args.batch, 3, args.size, args.size).to(memory_format=fmt)
+    print(f"fp32, batch {args.batch}, {args.size}x{args.size}, {args.threads} thread(s), "
+          f"layout {args.layout}, torch {torch.__version__}")
+    print("| model | budget | table's guess (measured) | calibration rounds (measured) | "
+          "final, re-measured | speedup | MAC reduction | channels kept | plan time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    check = WallClock(min_time=args.check_time, min_rounds=7)
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = randomize_bn(MODELS[name]()).to(memory_format=fmt)
+        macs = count_macs(model, x)
+        for budget in (float(b) for b in args.budgets.split(",")):
+            t0 = time.perf_counter()
+            try:
+                p = plan(model, x, latency=budget)
+            except ValueError as exc:
+                print(f"| {name} | {budget:.1%} | unreachable: {exc} | | | | | | |")
+                continue
+            took = time.perf_counter() - t0
+            small = p.apply(channels_last=args.layout == "channels_last")
+            ratio = check.ratio(small, model, (x,))
+            rounds = p.measured["rounds"]
+            kept = p.after["channels"] / p.before["channels"]
+            print(f"| {name} | {budget:.1%} | {rounds[0][1]:.1%} | "
+                  f"{', '.join(f'{r:.1%}' for _, r in rounds)} | {ratio:.1%} | {1 / ratio:.2f}x | "
+                  f"{macs / count_macs(small, x):.2f}x | {kept:.1%} | {took:.0f} s |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
