@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import fx, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .._modules import deepcopy_model
@@ -30,16 +31,28 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def folded_batchnorms(model: nn.Module) -> dict[str, str]:
-    """``{batchnorm name: conv name}`` of the BatchNorms folded into ``model`` so far."""
-    return dict(getattr(model, FOLDED_ATTR, {}))
+    """``{batchnorm name: conv name}`` of the BatchNorms folded into ``model`` so far, also
+    those folded into its submodules (names relative to ``model``)."""
+    out: dict[str, str] = {}
+    for prefix, mod in model.named_modules():
+        pre = f"{prefix}." if prefix else ""
+        for bn, conv in getattr(mod, FOLDED_ATTR, {}).items():
+            out[pre + bn] = pre + conv
+    return out
 
 
 def _pairs(gm: fx.GraphModule, model: nn.Module) -> list[tuple[str, str]]:
     """``(conv, bn)`` module names where the conv's only use is the BatchNorm's input."""
     calls: dict[str, int] = {}
+    touched: set[str] = set()  # modules whose tensors forward reads directly
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+        elif node.op == "get_attr":
+            touched.add(str(node.target).rpartition(".")[0])
+    names: dict[int, int] = {}  # a module reachable under two names: folding one is unsafe
+    for _, mod in model.named_modules(remove_duplicate=False):
+        names[id(mod)] = names.get(id(mod), 0) + 1
     pairs = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _NORMS):
@@ -49,14 +62,21 @@ def _pairs(gm: fx.GraphModule, model: nn.Module) -> list[tuple[str, str]]:
             continue
         conv = model.get_submodule(src.target)
         bn = model.get_submodule(node.target)
+        transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
         if (
             isinstance(conv, _CONVS)
+            and not (transposed and conv.groups != 1)  # weight [in, out/g, ...]: no fold
             and calls[src.target] == 1
             and calls[node.target] == 1
+            and names[id(conv)] == 1
+            and names[id(bn)] == 1
+            and not touched & {str(src.target), str(node.target)}
+            and not parametrize.is_parametrized(conv)
             and bn.running_mean is not None
             and bn.num_features == conv.out_channels
             and not conv._forward_pre_hooks  # torch.nn.utils.prune masks recompute weight
             and not conv._forward_hooks
+            and not bn._forward_pre_hooks
             and not bn._forward_hooks
         ):
             pairs.append((str(src.target), str(node.target)))
@@ -73,10 +93,11 @@ def fold_batchnorm(
 ) -> nn.Module:
     """Fold every BatchNorm that directly follows a conv into that conv; for inference.
 
-    A pair is folded when the conv (Conv1d/2d/3d or ConvTranspose) feeds only the BatchNorm, both
-    are called once in ``forward``, the BatchNorm tracks running statistics and no hooks (such as
-    ``torch.nn.utils.prune`` masks) sit on them. The BatchNorm becomes ``nn.Identity`` and the
-    conv gains a bias if it had none. Other BatchNorms stay.
+    A pair is folded when the conv (Conv1d/2d/3d, or an ungrouped ConvTranspose) feeds only the
+    BatchNorm, both are called once in ``forward`` and reachable under one name, ``forward`` reads
+    none of their tensors directly, the BatchNorm tracks running statistics, and no hooks (such as
+    ``torch.nn.utils.prune`` masks) or parametrizations sit on them. The BatchNorm becomes
+    ``nn.Identity`` and the conv gains a bias if it had none. Other BatchNorms stay.
 
     Args:
         model: the model; traced with ``torch.fx`` (not modified unless ``inplace``).
@@ -91,7 +112,7 @@ def fold_batchnorm(
     """
     out = model if inplace else deepcopy_model(model)
     gm = symbolic_trace(out, leaf_modules)
-    folded = folded_batchnorms(out)
+    folded = dict(getattr(out, FOLDED_ATTR, {}))
     with torch.no_grad():
         for conv_name, bn_name in _pairs(gm, out):
             conv, bn = out.get_submodule(conv_name), out.get_submodule(bn_name)

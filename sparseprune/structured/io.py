@@ -31,7 +31,8 @@ WIDTH_ATTRS = (
 def width_config(model: nn.Module) -> dict:
     """``{"attrs": {module: {attr: int}}, "shapes": {tensor: [sizes]}, "folded": {bn: conv}}``.
 
-    ``folded`` lists the BatchNorms that ``fold_batchnorm`` replaced by ``nn.Identity``.
+    ``folded`` lists the BatchNorms that ``fold_batchnorm`` replaced by ``nn.Identity`` (in
+    ``model`` or any submodule); ``load_pruned`` replaces them again and returns eval mode.
     """
     attrs = {}
     for name, mod in model.named_modules():
@@ -91,6 +92,8 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
         else:
             mod._buffers[attr] = new
     model.load_state_dict(sd, strict=True)
+    if folded_batchnorms(model):
+        model.eval()  # folded BatchNorms are inference-only, as fold_batchnorm returned them
     return model
 
 
@@ -112,7 +115,7 @@ def _refold(model: nn.Module, folded: dict, path) -> None:
                              "BatchNorm -> conv")
         parent, _, attr = bn_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
-        if conv.bias is None:
-            conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0] if not isinstance(
-                conv, nn.modules.conv._ConvTransposeNd) else conv.weight.shape[1] * conv.groups))
+        if conv.bias is None:  # resized from the recorded shapes afterwards
+            conv.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=conv.weight.dtype,
+                                                 device=conv.weight.device))
     setattr(model, FOLDED_ATTR, dict(folded))

@@ -11,7 +11,8 @@ scaled by the kept fraction of that tensor's channels. Tables are cached in
 layer shape and memory layout.
 
 The table only predicts; ``plan`` then measures the pruned model against the unpruned one
-(``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio meets the budget.
+(``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio is within the
+tolerance of the budget.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _scaled_layer(m: nn.Module, fin: float, fout: float) -> tuple[nn.Module, int
         return nn.Linear(cin, cout, bias=m.bias is not None), cin
     cin, cout = max(1, round(m.in_channels * fin)), max(1, round(m.out_channels * fout))
     groups = m.groups
-    if groups == m.in_channels:  # depthwise: groups follow the width
+    if groups > 1 and groups == m.in_channels:  # depthwise: groups follow the width
         groups = cin
         cout = cin * (m.out_channels // m.in_channels)
     elif groups > 1:
@@ -140,6 +141,10 @@ class LatencyModel:
     def __init__(self, graph: DependencyGraph, costs: CostModel,
                  timer: WallClock | None = None, progress: bool = False) -> None:
         timer = timer or WallClock()
+        devices = {p.device.type for p in graph.model.parameters()}
+        if devices - {"cpu"}:
+            raise ValueError(f"latency budgets time the model on this CPU; the model has "
+                             f"parameters on {sorted(devices)}: move it to the CPU first")
         self.costs = costs
         path = _cache_path()
         try:
@@ -158,26 +163,23 @@ class LatencyModel:
                 untimed.append(it)
         self.channels_last = channels_last(graph.model)
         todo = [(it, m) for it, m in timed if self._key(it.module, m, graph) not in cache]
-        bar = None
-        if progress and todo:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(todo), desc="latency table", unit="layer", leave=False)
         total_layers, timed_macs = 0.0, 0.0
-        for it, m in timed:
-            key = self._key(it.module, m, graph)
-            if key not in cache:
-                cache[key] = self._measure(m, graph.layer_inputs[it.module], timer,
-                                           self.channels_last)
-                if bar is not None:
+        with tqdm(total=len(todo), desc="latency table", unit="layer", leave=False,
+                  disable=not (progress and todo)) as bar:
+            for it, m in timed:
+                key = self._key(it.module, m, graph)
+                if key not in cache:
+                    cache[key] = self._measure(m, graph.layer_inputs[it.module], timer,
+                                               self.channels_last)
                     bar.update()
-            table = np.array(cache[key])
-            dims = [costs.index(d) for d in it.dims]
-            self.items.append((table, dims, isinstance(m, nn.Linear) or m.groups != m.in_channels))
-            total_layers += table[-1, -1]
-            timed_macs += it.base
-        if bar is not None:
-            bar.close()
+                table = np.array(cache[key])
+                dims = [costs.index(d) for d in it.dims]
+                depthwise = not isinstance(m, nn.Linear) and 1 < m.groups == m.in_channels
+                self.items.append((table, dims, not depthwise))
+                total_layers += table[-1, -1]
+                timed_macs += it.base
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
         with _eval(graph.model):
@@ -199,7 +201,7 @@ class LatencyModel:
         elements = sum(it.base for it in memory)
         spe = (left - self.rest) / elements if elements else 0.0
         self.memory_items = [(it.base * spe, [costs.index(d) for d in it.dims]) for it in memory]
-        if not memory:
+        if not elements:
             self.rest = left
 
     def _key(self, name: str, m: nn.Module, graph: DependencyGraph) -> str:

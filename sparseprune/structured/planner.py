@@ -148,13 +148,21 @@ class Plan:
 
     def __str__(self) -> str:
         c = self.config
-        budget = f"{c.metric} " + (f"amount={c.amount}" if c.amount is not None else
-                                   f"<= {self.target:.4g}")
+        if c.amount is not None:
+            budget = f"channels amount={c.amount}"
+        elif c.latency is not None:
+            budget = f"latency <= {c.latency:.1%} of the unpruned model"
+        else:
+            budget = f"{c.metric} <= {self.target:.4g}"
         lines = [f"Structured pruning plan ({budget}, importance={_name(c.importance)}, "
                  f"scope={c.scope}, round_to={c.round_to}, floor=max({c.min_ratio:.3g}*width, "
                  f"{c.min_channels}))"]
         for k in self.before:
             b, a = self.before[k], self.after[k]
+            if k == "latency_s":
+                lines.append(f"  latency  {b * 1e3:>11.2f} ms -> {a * 1e3:>11.2f} ms  "
+                             f"({a / b:6.1%}, predicted by the table)")
+                continue
             lines.append(f"  {k:<9} {b:>14,.0f} -> {a:>14,.0f}  ({a / b:6.1%})" if b else
                          f"  {k}: 0")
         lines.append(f"  {'group':<48} {'before':>7} {'after':>7}")
@@ -241,7 +249,15 @@ def plan(
     base = cost(full)
     target = _target(config, base)
     states = _group_states(graph, config)
-    keep = _search(states, costs, cost, target, config)
+    try:
+        keep = _search(states, costs, cost, target, config)
+    except ValueError:
+        if table is None or not config.calibrate:
+            raise
+        # The table overestimates small models (widths below 1/4 are clamped); the smallest
+        # plan is measured before the budget is called unreachable.
+        keep = _keep_from_counts(states, [s.floor for s in states], costs)
+        target = cost(keep)
     result = Plan(graph=graph, config=config, keep=keep, costs=costs, target=target,
                   latency_table=table)
     for k in ("channels", "params", "macs"):
@@ -274,7 +290,7 @@ def _next_target(tried: list, budget: float, base: float, bisect: bool = False) 
 
 def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
     """Measure the planned model, re-plan with the predicted target scaled by the miss."""
-    from .surgery import apply_plan
+    from tqdm.auto import tqdm
 
     config, graph = result.config, result.graph
     budget, tol = config.latency, config.tolerance
@@ -282,19 +298,47 @@ def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
     layout = channels_last(graph.model)
     pred, keep = result.target, result.keep
     tried: list[tuple[float, float, np.ndarray]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with tqdm(total=config.calibrate, desc="latency calibration", unit="round", leave=False,
+              disable=not progress) as bar:
+        _rounds(result, states, cost, timer, bar, tried, layout, pred, keep)
+    floor = _keep_from_counts(states, [s.floor for s in states], result.costs)
+    ok = [t for t in tried if t[1] <= budget * (1 + tol)]
+    if not ok and any(np.array_equal(k, floor) for _, _, k in tried):
+        raise ValueError(
+            f"latency budget {budget:.1%} is unreachable: the smallest plan the floors allow "
+            f"(min_ratio={config.min_ratio}, min_channels={config.min_channels}) measured "
+            f"{min(r for _, r, _ in tried):.1%} of the unpruned model; lower the floors or "
+            "raise the budget"
+        )
+    pred, ratio, keep = max(ok, key=lambda t: t[1]) if ok else min(tried, key=lambda t: t[1])
+    if not ok:
+        warnings.warn(
+            f"latency budget {budget:.1%} not met by measurement: the best plan measured "
+            f"{ratio:.1%} of the unpruned model after {len(tried)} rounds (floors "
+            f"min_ratio={config.min_ratio}, min_channels={config.min_channels} may stop it)",
+            stacklevel=3,
+        )
+    result.keep, result.target = keep, pred
+    result.measured = {"ratio": ratio, "rounds": [(p / base, r) for p, r, _ in tried]}
 
-        bar = tqdm(total=config.calibrate, desc="latency calibration", unit="round", leave=False)
+
+def _rounds(result: Plan, states, cost, timer, bar, tried: list, layout: bool, pred: float,
+            keep: np.ndarray) -> None:
+    """Measure, re-plan, repeat; appends ``(predicted target, measured ratio, keep)``."""
+    from .surgery import apply_plan
+
+    config, graph = result.config, result.graph
+    budget, tol = config.latency, config.tolerance
+    base = result.before["latency_s"]
     for _ in range(config.calibrate):
         result.keep = keep
         ratio = timer.ratio(apply_plan(result, channels_last=layout), graph.model,
                             graph.example_inputs)
+        if not ratio > 0:
+            raise ValueError(f"the timer measured a latency ratio of {ratio}; expected > 0")
         tried.append((pred, ratio, keep))
-        if bar is not None:
-            bar.update()
-            bar.set_postfix(measured=f"{ratio:.1%}")
+        bar.update()
+        bar.set_postfix(measured=f"{ratio:.1%}")
         if abs(ratio - budget) <= tol * budget:
             break
         keep = None
@@ -310,19 +354,6 @@ def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
             keep = None
         if keep is None:
             break
-    if bar is not None:
-        bar.close()
-    ok = [t for t in tried if t[1] <= budget * (1 + tol)]
-    pred, ratio, keep = max(ok, key=lambda t: t[1]) if ok else min(tried, key=lambda t: t[1])
-    if not ok:
-        warnings.warn(
-            f"latency budget {budget:.1%} not met by measurement: the best plan measured "
-            f"{ratio:.1%} of the unpruned model after {len(tried)} rounds (floors "
-            f"min_ratio={config.min_ratio}, min_channels={config.min_channels} may stop it)",
-            stacklevel=3,
-        )
-    result.keep, result.target = keep, pred
-    result.measured = {"ratio": ratio, "rounds": [(p / base, r) for p, r, _ in tried]}
 
 
 def _target(config: PlanConfig, base: float) -> float:

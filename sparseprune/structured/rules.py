@@ -1074,6 +1074,9 @@ def _multihead_attention(ctx: _Ctx) -> Any:
 # ---- driver -------------------------------------------------------------------------------------
 
 
+_INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
 class LabelInterpreter(fx.Interpreter):
     """Runs the traced graph on real inputs and labels every node's result."""
 
@@ -1086,9 +1089,11 @@ class LabelInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         ctx = _Ctx(n, self.dep, self.env, self.node_labels, result)
+        macs_before = len(self.dep.macs_items)
         labels = self._label(ctx)
         self.node_labels[n] = labels
-        self._memory_item(ctx, labels)
+        if len(self.dep.macs_items) == macs_before:  # MAC ops are costed by their MACs
+            self._memory_item(ctx, labels)
         return result
 
     def _memory_item(self, ctx: _Ctx, labels: Any) -> None:
@@ -1102,11 +1107,18 @@ class LabelInterpreter(fx.Interpreter):
             return
         inputs = [t for t in _flat(ctx.val(n.args)) if isinstance(t, torch.Tensor)]
         mod = self.dep.model.get_submodule(str(n.target)) if n.op == "call_module" else None
+        fname = str(n.target) if n.op == "call_method" else getattr(n.target, "__name__", "")
         inplace = bool(getattr(mod, "inplace", False) or n.kwargs.get("inplace")) or (
-            n.op == "call_method" and str(n.target).endswith("_")
+            n.op != "call_module" and fname.endswith("_") and not fname.endswith("__")
+            or fname in ("__iadd__", "__isub__", "__imul__", "__itruediv__")
+            or n.target in _INPLACE_OPS
         )
-        ptr = out.untyped_storage().data_ptr()
-        if not inplace and any(t.untyped_storage().data_ptr() == ptr for t in inputs):
+        try:
+            ptr = out.untyped_storage().data_ptr()
+            shared = any(t.untyped_storage().data_ptr() == ptr for t in inputs)
+        except (RuntimeError, NotImplementedError):  # sparse / opaque tensors: no storage
+            return
+        if not inplace and shared:
             return  # a view or the input itself: no memory traffic
         self.dep.memory_items.append(
             _CostItem(float(out.numel()), [lab for lab in labels if lab is not None],

@@ -103,3 +103,73 @@ def test_load_rejects_a_bad_folded_entry(tmp_path):
     torch.save(data, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not in ResNet18"):
         load_pruned(ResNet18, tmp_path / "bad.pt")
+
+
+def test_conv_transpose_folds_and_grouped_one_does_not():
+    torch.manual_seed(0)
+    model = randomize_bn(nn.Sequential(
+        nn.ConvTranspose2d(4, 6, 2, 2), nn.BatchNorm2d(6),
+        nn.ConvTranspose2d(6, 6, 3, padding=1, groups=3), nn.BatchNorm2d(6),
+    ))
+    folded = fold_batchnorm(model)
+    assert folded_batchnorms(folded) == {"1": "0"}
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_batchnorm_variants():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False),
+        nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4, track_running_stats=False),
+    )
+    model[1].running_mean.normal_()
+    model[1].running_var.uniform_(0.5, 1.5)
+    folded = fold_batchnorm(model.train())  # a training-mode model comes back in eval mode
+    assert not folded.training
+    assert folded_batchnorms(folded) == {"1": "0"}  # no running stats: nothing to fold
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_aliased_read_and_parametrized_modules_are_left_alone():
+    class Aliased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.block = nn.Sequential(self.conv, self.bn)  # the same modules under two names
+
+        def forward(self, x):
+            return self.block(x)
+
+    class Reads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) + self.conv.weight.sum()
+
+    x = torch.randn(2, 3, 8, 8)
+    for model in (randomize_bn(Aliased()), randomize_bn(Reads())):
+        folded = fold_batchnorm(model)
+        assert folded_batchnorms(folded) == {}
+        torch.testing.assert_close(folded(x), model(x))
+    sn = randomize_bn(nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 4, 3)),
+                                    nn.BatchNorm2d(4)))
+    assert folded_batchnorms(fold_batchnorm(sn)) == {}
+
+
+def test_folded_submodule_saves_and_loads_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(ResNet18())
+    model.layers[0] = fold_batchnorm(model.layers[0])
+    assert "layers.0.bn1" in folded_batchnorms(model)
+    save_pruned(model, tmp_path / "r.pt")
+    loaded = load_pruned(ResNet18, tmp_path / "r.pt")
+    assert not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), atol=0, rtol=0)

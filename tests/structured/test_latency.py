@@ -33,9 +33,21 @@ class MacClock(WallClock):
         return (self.cost(small, inputs) + extra) / (big_cost + extra)
 
 
-class StuckClock(MacClock):
+class SlowClock(MacClock):
+    """Every plan measures over budget; the smaller the model, the faster (but never enough)."""
+
     def ratio(self, small, big, inputs) -> float:
-        return 0.95
+        return 0.9 + 0.05 * count_params(small) / count_params(big)
+
+
+class CountingClock(MacClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = 0
+
+    def layer(self, module, inputs) -> float:
+        self.layers += 1
+        return super().layer(module, inputs)
 
 
 @pytest.fixture
@@ -61,11 +73,11 @@ def test_latency_budget_uses_a_cached_table(cache, one_thread):
     assert p.after["latency_s"] <= 0.8 * p.before["latency_s"] * 1.0001
     assert p.after["macs"] < p.before["macs"]
     assert p.measured == {}
-    files = list(cache.glob("latency-*.json"))
-    assert len(files) == 1
-    size = files[0].stat().st_size
-    plan(model, x, latency=0.9, round_to=8, min_channels=8, calibrate=0, progress=False)
-    assert files[0].stat().st_size == size  # table reused, not re-measured
+    assert len(list(cache.glob("latency-*.json"))) == 1
+    clock = CountingClock()
+    plan(model, x, latency=0.9, round_to=8, min_channels=8, calibrate=0, progress=False,
+         timer=clock)
+    assert clock.layers == 2  # table reused: only the full model and the per-op probe timed
     small = p.apply()
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
@@ -104,11 +116,30 @@ def test_unmet_budget_warns_and_keeps_the_fastest(cache):
     torch.manual_seed(0)
     model = randomize_bn(ResNet18(width=32))
     x = torch.randn(1, 3, 32, 32)
+    clock = SlowClock()
     with pytest.warns(UserWarning, match="not met by measurement"):
-        p = plan(model, x, latency=0.5, round_to=1, min_channels=4, timer=StuckClock(),
+        p = plan(model, x, latency=0.5, round_to=1, min_channels=4, timer=clock,
                  calibrate=3, progress=False)
-    assert p.measured["ratio"] == 0.95
-    assert len(p.measured["rounds"]) == 3
+    rounds = [r for _, r in p.measured["rounds"]]
+    assert len(rounds) == 3 and len(set(rounds)) == 3
+    assert p.measured["ratio"] == min(rounds)
+    assert clock.ratio(p.apply(), model, (x,)) == pytest.approx(min(rounds))
+
+
+def test_budget_the_table_calls_unreachable_is_measured_first(cache):
+    torch.manual_seed(0)
+    model = randomize_bn(ResNet18(width=32))
+    x = torch.randn(1, 3, 32, 32)
+    kw = dict(round_to=1, min_channels=4, min_ratio=0.5, progress=False)
+    with pytest.raises(ValueError, match="unreachable"):  # the table alone says no
+        plan(model, x, latency=0.25, timer=MacClock(), calibrate=0, **kw)
+    # this clock measures small models faster than the table predicts: the budget holds
+    fast = MacClock(param_cost=0.0, overhead=-0.2)
+    p = plan(model, x, latency=0.25, timer=fast, **kw)
+    assert 0.25 * 0.97 <= p.measured["ratio"] <= 0.25 * 1.03
+    assert len(p.measured["rounds"]) > 1  # started from the floor plan, then grew back
+    with pytest.raises(ValueError, match="smallest plan the floors allow .* measured"):
+        plan(model, x, latency=0.05, timer=fast, **kw)
 
 
 def test_bad_calibration_options():
@@ -127,6 +158,16 @@ def test_memory_items_skip_views_and_count_inplace_ops():
 
     graph = trace(model, torch.randn(2, 3, 8, 8))
     names = [it.module for it in graph.memory_items]
-    assert names == ["0", "1", "2", "5"]  # flatten is a view, eval dropout hands x back
-    bn = graph.memory_items[1]
+    # conv and linear are costed by MACs; flatten is a view; eval dropout hands x back
+    assert names == ["1", "2"]
+    bn = graph.memory_items[0]
     assert bn.base == 2 * 8 * 6 * 6 and len(bn.dims) == 1
+
+    class Residual(torch.nn.Module):
+        def forward(self, x):
+            y = x.view(2, -1)
+            y += 1.0
+            return y.relu_()
+
+    graph = trace(Residual(), torch.randn(2, 3, 4))
+    assert len(graph.memory_items) == 2  # the in-place add and relu_, not the view
