@@ -113,6 +113,9 @@ class DependencyGraph:
     groups: list[Group] = field(default_factory=list)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     layer_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # LayerNorm / RMSNorm modules whose normalised (last) dim is pruned: name -> atoms
+    norms: dict[str, np.ndarray] = field(default_factory=dict)
+    layer_norm: str = "keep"  # "prune": LayerNorm widths may shrink (approximate)
     _param_atoms: set[int] = field(default_factory=set, repr=False)
     roots: np.ndarray | None = field(default=None, repr=False)  # atom id -> class, once final
 
@@ -236,9 +239,11 @@ class DependencyGraph:
         *,
         protect_output: bool = True,
         leaf_modules: Sequence[type] = (),
+        layer_norm: str = "keep",
     ) -> DependencyGraph:
         return trace(
-            model, example_inputs, protect_output=protect_output, leaf_modules=leaf_modules
+            model, example_inputs, protect_output=protect_output, leaf_modules=leaf_modules,
+            layer_norm=layer_norm,
         )
 
 
@@ -276,6 +281,7 @@ def trace(
     *,
     protect_output: bool = True,
     leaf_modules: Sequence[type] = (),
+    layer_norm: str = "keep",
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and return its dependency graph.
 
@@ -284,6 +290,10 @@ def trace(
         example_inputs: a tensor or a tuple of positional inputs, e.g. ``[1, 3, 224, 224]``.
         protect_output: pin every channel dimension of the outputs (the output shape is kept).
         leaf_modules: module types not to trace into; their channels are kept.
+        layer_norm: "keep" (LayerNorm widths stay: exact) or "prune" (they shrink with their
+            group; the statistics then cover fewer channels, so the result is approximate and
+            wants fine-tuning). RMSNorm widths are always pruned, exactly (weight and eps are
+            rescaled).
     """
     from .rules import LabelInterpreter  # rules import this module's classes
 
@@ -291,7 +301,9 @@ def trace(
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     gm = symbolic_trace(model, leaf_modules)
-    graph = DependencyGraph(model=model, example_inputs=example_inputs)
+    if layer_norm not in ("keep", "prune"):
+        raise ValueError(f"layer_norm must be 'keep' or 'prune'; got {layer_norm!r}")
+    graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm)
     was_training = [m.training for m in model.modules()]
     try:
         model.eval()

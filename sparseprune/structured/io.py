@@ -39,6 +39,9 @@ def width_config(model: nn.Module) -> dict:
         found = {a: getattr(mod, a) for a in WIDTH_ATTRS
                  if isinstance(getattr(mod, a, None), int) and not isinstance(getattr(mod, a),
                                                                              bool)}
+        if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):  # widths shrink with layer_norm=...
+            found["normalized_shape"] = list(mod.normalized_shape)
+            found["eps"] = mod.eps
         if found:
             attrs[name] = found
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -67,9 +70,15 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
         if name not in mods:
             raise ValueError(f"{path}: module {name!r} not in {type(model).__name__}")
         for attr, value in attrs.items():
-            if attr not in WIDTH_ATTRS:
-                raise ValueError(f"{path}: module {name!r}: {attr!r} is not a width attribute "
-                                 f"(expected one of {WIDTH_ATTRS})")
+            if attr == "normalized_shape" and isinstance(value, list) and all(
+                isinstance(v, int) for v in value
+            ):
+                value = tuple(value)
+            elif attr == "eps" and (value is None or isinstance(value, float)):
+                pass
+            elif attr not in WIDTH_ATTRS or not isinstance(value, int):
+                raise ValueError(f"{path}: module {name!r}: {attr}={value!r} is not a width "
+                                 f"attribute (expected an int for one of {WIDTH_ATTRS})")
             setattr(mods[name], attr, value)
     mark_head_pruned(model)
     _refold(model, data["widths"].get("folded", {}), path)

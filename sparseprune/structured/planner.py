@@ -43,6 +43,10 @@ class PlanConfig:
         min_ratio: no group keeps less than this fraction of its width.
         protect_output: never change the model's output shape.
         leaf_modules: module types not traced into (their channels are kept).
+        layer_norm: "keep" (default: LayerNorm widths stay, the result is exact) or "prune"
+            (transformer embedding widths shrink too; LayerNorm statistics then cover fewer
+            channels, so the pruned model is close to, not equal to, the masked one: fine-tune).
+            RMSNorm widths are always pruned, exactly.
         calibrate: latency budgets only: rounds of measuring the pruned model against the
             unpruned one (interleaved runs on the example input) and re-planning with the
             table's target scaled by the miss; 0 trusts the table's prediction.
@@ -61,6 +65,7 @@ class PlanConfig:
     min_ratio: float = 1 / 8
     protect_output: bool = True
     leaf_modules: tuple[type, ...] = ()
+    layer_norm: str = "keep"
     calibrate: int = 8
     tolerance: float = 0.03
 
@@ -85,6 +90,8 @@ class PlanConfig:
         if self.calibrate < 0 or not 0 < self.tolerance < 1:
             raise ValueError(f"need calibrate >= 0 and 0 < tolerance < 1; got calibrate="
                              f"{self.calibrate}, tolerance={self.tolerance}")
+        if self.layer_norm not in ("keep", "prune"):
+            raise ValueError(f"layer_norm must be 'keep' or 'prune'; got {self.layer_norm!r}")
         if self.scope not in ("local", "global"):
             raise ValueError(f"scope must be 'local' or 'global'; got {self.scope!r}")
         if self.round_to < 1 or self.min_channels < 1 or not 0 < self.min_ratio <= 1:
@@ -172,6 +179,11 @@ class Plan:
             rounds = ", ".join(f"{m:.1%}" for _, m in self.measured["rounds"])
             lines.insert(1, f"  latency measured: {self.measured['ratio']:.1%} of the unpruned "
                             f"model (budget {c.latency:.1%}; rounds: {rounds})")
+        approx = [n for n, a in self.graph.norms.items() if not self.keep_of(a).all()
+                  and isinstance(self.graph.model.get_submodule(n), nn.LayerNorm)]
+        if approx:
+            lines.append(f"  approximate (layer_norm='prune', statistics over fewer channels): "
+                         f"{', '.join(approx)}")
         if self.graph.unprunable:
             lines.append("  kept (cannot prove safe to prune):")
             lines += [f"    {u}" for u in self.graph.unprunable]
@@ -236,7 +248,7 @@ def plan(
         example_inputs = (example_inputs,)
     if graph is None:
         graph = trace(model, example_inputs, protect_output=config.protect_output,
-                      leaf_modules=config.leaf_modules)
+                      leaf_modules=config.leaf_modules, layer_norm=config.layer_norm)
     costs = CostModel(graph)
     table = None
     if config.metric == "latency":
@@ -330,6 +342,7 @@ def _rounds(result: Plan, states, cost, timer, bar, tried: list, layout: bool, p
     config, graph = result.config, result.graph
     budget, tol = config.latency, config.tolerance
     base = result.before["latency_s"]
+    floor = _keep_from_counts(states, [s.floor for s in states], result.costs)
     for _ in range(config.calibrate):
         result.keep = keep
         ratio = timer.ratio(apply_plan(result, channels_last=layout), graph.model,
@@ -346,8 +359,10 @@ def _rounds(result: Plan, states, cost, timer, bar, tried: list, layout: bool, p
             pred = _next_target(tried, budget, base, bisect)
             try:
                 keep = _search(states, result.costs, cost, pred, config)
-            except ValueError:  # the floors stop it: nothing smaller to try
+            except ValueError:  # the table says the floors stop it: measure the floor plan
                 keep = None
+                if not any(np.array_equal(floor, k) for _, _, k in tried):
+                    keep, pred = floor, cost(floor)
                 break
             if not any(np.array_equal(keep, k) for _, _, k in tried):
                 break

@@ -986,11 +986,31 @@ def _groupnorm(ctx: _Ctx) -> Any:
 
 @register_module_rule(nn.LayerNorm, nn.RMSNorm)
 def _layernorm(ctx: _Ctx) -> Any:
-    m = ctx.graph.model.get_submodule(str(ctx.node.target))
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
     tl = ctx.tl(ctx.node.args[0])
     n = len(m.normalized_shape)
-    ctx.fix(list(tl[-n:]), "layer norm statistics over the channel dim would change (kept exact)")
-    return tl[:-n] + (None,) * n
+    rms = isinstance(m, nn.RMSNorm)
+    # RMSNorm over the kept channels is exact once weight and eps are rescaled (surgery);
+    # LayerNorm's mean is not, so it only shrinks when the user accepts that.
+    ok = n == 1 and tl[-1] is not None and (
+        (rms and m.weight is not None) or (not rms and ctx.graph.layer_norm == "prune")
+    )
+    if not ok:
+        why = ("layer norm statistics over the channel dim would change (kept exact; "
+               "layer_norm='prune' allows it, approximately)" if not rms else
+               "RMSNorm without weight (or over several dims) cannot be rescaled (kept)")
+        ctx.fix(list(tl[-n:]), why)
+        return tl[:-n] + (None,) * n
+    lab = tl[-1]
+    if m.weight is not None:
+        ctx.graph.attach(f"{name}.weight", 0, lab, "norm")
+    if getattr(m, "bias", None) is not None:
+        ctx.graph.attach(f"{name}.bias", 0, lab, "bias")
+    if name in ctx.graph.norms:
+        ctx.graph.unify(ctx.graph.norms[name], lab)
+    ctx.graph.norms[name] = lab
+    return tl
 
 
 @register_module_rule(nn.PReLU)

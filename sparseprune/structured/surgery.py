@@ -92,6 +92,8 @@ def apply_plan(
         _set_tensor(model, att.tensor, t.detach().index_select(att.dim, idx).clone())
     for (mod_name, attr), atoms in graph.attrs.items():
         setattr(model.get_submodule(mod_name), attr, int(plan.keep_of(atoms).sum()))
+    for mod_name, atoms in graph.norms.items():
+        _shrink_norm(model.get_submodule(mod_name), plan.keep_of(atoms))
     mark_head_pruned(model)
     if fold_bn:
         from .fold import fold_batchnorm
@@ -101,6 +103,24 @@ def apply_plan(
         model = model.to(memory_format=torch.channels_last)
     _check(plan, model)
     return model
+
+
+def _shrink_norm(mod: nn.Module, kept: np.ndarray) -> None:
+    """Set a LayerNorm/RMSNorm to its kept width (its weight and bias are already sliced).
+
+    RMSNorm stays exact: with the removed channels zero, rms over ``d`` channels equals
+    ``sqrt(d'/d)`` times rms over the ``d'`` kept ones when eps is scaled by ``d/d'``, so the
+    weight is scaled by ``sqrt(d/d')``.
+    """
+    d, d2 = kept.size, int(kept.sum())
+    if d2 == d:
+        return
+    mod.normalized_shape = (d2,)
+    if isinstance(mod, nn.RMSNorm) and d2 > 0:
+        eps = mod.eps if mod.eps is not None else torch.finfo(mod.weight.dtype).eps
+        mod.eps = float(eps) * d / d2
+        with torch.no_grad():
+            mod.weight.mul_((d / d2) ** 0.5)
 
 
 def _get(model: nn.Module, name: str) -> torch.Tensor:
@@ -128,7 +148,8 @@ def _check(plan: Plan, model: nn.Module) -> None:
 def masked_model(plan: Plan) -> nn.Module:
     """A deep copy of the original with every removed slice set to zero (shapes unchanged).
 
-    The pruned model equals this one on any input, up to float rounding.
+    The pruned model equals this one on any input, up to float rounding (except where
+    ``layer_norm="prune"`` let a LayerNorm shrink: its statistics then cover fewer channels).
     """
     model = copy.deepcopy(plan.graph.model)
     with torch.no_grad():

@@ -242,14 +242,15 @@ class TorchMHA(nn.Module):
 
 
 class ViTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int, split: bool | str = False) -> None:
+    def __init__(self, dim: int, heads: int, mlp: int, split: bool | str = False,
+                 norm: type = nn.LayerNorm) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = norm(dim)
         if split == "mha":
             self.attn = TorchMHA(dim, heads)
         else:
             self.attn = SplitAttention(dim, heads) if split else Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = norm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,14 +261,15 @@ class ViTBlock(nn.Module):
 class ViT(nn.Module):
     def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, mlp: int = 128,
                  patch: int = 8, image: int = 32, classes: int = 10,
-                 split: bool | str = False) -> None:
+                 split: bool | str = False, norm: type = nn.LayerNorm) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, patch, patch)
         n = (image // patch) ** 2
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, mlp, split) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, mlp, split, norm)
+                                      for _ in range(depth)])
+        self.norm = norm(dim)
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -354,7 +356,8 @@ class Conv1dNet(nn.Module):
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give BatchNorm/GroupNorm layers non-trivial statistics and affine params."""
+    """Give BatchNorm/GroupNorm/LayerNorm/RMSNorm layers non-trivial statistics and affine
+    params."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
@@ -365,6 +368,11 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                 if getattr(m, "running_mean", None) is not None:
                     m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                     m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+        elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None:
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
     return model.eval()
 
 
@@ -378,6 +386,7 @@ MODELS = {
     "vit": (lambda: ViT(), lambda: torch.randn(2, 3, 32, 32)),
     "vit_sdpa": (lambda: ViT(split=True), lambda: torch.randn(2, 3, 32, 32)),
     "vit_mha": (lambda: ViT(split="mha"), lambda: torch.randn(2, 3, 32, 32)),
+    "vit_rms": (lambda: ViT(norm=nn.RMSNorm), lambda: torch.randn(2, 3, 32, 32)),
     "se": (lambda: SENet(), lambda: torch.randn(2, 3, 16, 16)),
     "unet": (lambda: UNet(), lambda: torch.randn(2, 3, 32, 32)),
     "mlp": (lambda: MLP(), lambda: torch.randn(4, 20)),
