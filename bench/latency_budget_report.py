@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from sparseprune.structured import WallClock, count_macs, plan
+from sparseprune.structured import WallClock, count_macs, fold_batchnorm, plan
 from tests.structured.models import MobileNetV2, ResNet18, randomize_bn
 
 MODELS = {
@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--layout", choices=["contiguous", "channels_last"], default="channels_last")
+    ap.add_argument("--fold-bn", action="store_true",
+                    help="plan with fold_bn=True: both models measured with BatchNorm folded")
     ap.add_argument("--check-time", type=float, default=8.0,
                     help="seconds of interleaved runs for the independent re-measure")
     args = ap.parse_args()
@@ -40,7 +42,8 @@ def main() -> None:
     fmt = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
     x = torch.randn(args.batch, 3, args.size, args.size).to(memory_format=fmt)
     print(f"fp32, batch {args.batch}, {args.size}x{args.size}, {args.threads} thread(s), "
-          f"layout {args.layout}, torch {torch.__version__}")
+          f"layout {args.layout}, BN {'folded' if args.fold_bn else 'kept'}, "
+          f"torch {torch.__version__}")
     print("| model | budget | table's guess (measured) | calibration rounds (measured) | "
           "final, re-measured | speedup | MAC reduction | channels kept | plan time |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -52,13 +55,13 @@ def main() -> None:
         for budget in (float(b) for b in args.budgets.split(",")):
             t0 = time.perf_counter()
             try:
-                p = plan(model, x, latency=budget)
+                p = plan(model, x, latency=budget, fold_bn=args.fold_bn)
             except ValueError as exc:
                 print(f"| {name} | {budget:.1%} | unreachable: {exc} | | | | | | |")
                 continue
             took = time.perf_counter() - t0
             small = p.apply(channels_last=args.layout == "channels_last")
-            ratio = check.ratio(small, model, (x,))
+            ratio = check.ratio(small, fold_batchnorm(model) if args.fold_bn else model, (x,))
             rounds = p.measured["rounds"]
             kept = p.after["channels"] / p.before["channels"]
             print(f"| {name} | {budget:.1%} | {rounds[0][1]:.1%} | "

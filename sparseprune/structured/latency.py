@@ -139,7 +139,13 @@ class LatencyModel:
     """Predicted latency (seconds) of the pruned model from a keep vector."""
 
     def __init__(self, graph: DependencyGraph, costs: CostModel,
-                 timer: WallClock | None = None, progress: bool = False) -> None:
+                 timer: WallClock | None = None, progress: bool = False,
+                 fold_bn: bool = False, leaf_modules: tuple[type, ...] = ()) -> None:
+        """Build (or load) the table for ``graph``'s model.
+
+        With ``fold_bn`` the unpruned reference is the model with BatchNorm folded into its
+        convs (``self.reference``), and the folded BatchNorms cost nothing.
+        """
         timer = timer or WallClock()
         devices = {p.device.type for p in graph.model.parameters()}
         if devices - {"cpu"}:
@@ -182,8 +188,17 @@ class LatencyModel:
                 timed_macs += it.base
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
-        with _eval(graph.model):
-            full = timer.layer(graph.model, graph.example_inputs)
+        self.reference = graph.model
+        folded: set[str] = set()
+        if fold_bn:
+            from .fold import fold_batchnorm, folded_batchnorms
+
+            self.reference = fold_batchnorm(graph.model, leaf_modules=leaf_modules)
+            if self.channels_last:
+                self.reference = self.reference.to(memory_format=torch.channels_last)
+            folded = set(folded_batchnorms(self.reference))
+        with _eval(self.reference):
+            full = timer.layer(self.reference, graph.example_inputs)
         # Untimed matmuls run at the timed layers' speed, within what the layers leave over.
         untimed_macs = sum(it.base for it in untimed)
         left = max(0.0, full - total_layers)
@@ -195,7 +210,7 @@ class LatencyModel:
         # What is left (norms, activations, adds, pooling) is mostly memory traffic: a fixed
         # per-op cost plus a share proportional to the elements each op writes.
         names = {it.module for it, _ in timed}
-        memory = [it for it in graph.memory_items if it.module not in names]
+        memory = [it for it in graph.memory_items if it.module not in names | folded]
         per_op = timer.layer(nn.ReLU(), (torch.zeros(1),))
         self.rest = min(left, per_op * len(memory))
         elements = sum(it.base for it in memory)

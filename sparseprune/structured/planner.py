@@ -47,6 +47,8 @@ class PlanConfig:
             (transformer embedding widths shrink too; LayerNorm statistics then cover fewer
             channels, so the pruned model is close to, not equal to, the masked one: fine-tune).
             RMSNorm widths are always pruned, exactly.
+        fold_bn: ``apply()`` folds BatchNorm into the convs (``fold_batchnorm``; inference
+            only); a latency budget is then measured folded against the folded unpruned model.
         calibrate: latency budgets only: rounds of measuring the pruned model against the
             unpruned one (interleaved runs on the example input) and re-planning with the
             table's target scaled by the miss; 0 trusts the table's prediction.
@@ -66,6 +68,7 @@ class PlanConfig:
     protect_output: bool = True
     leaf_modules: tuple[type, ...] = ()
     layer_norm: str = "keep"
+    fold_bn: bool = False
     calibrate: int = 8
     tolerance: float = 0.03
 
@@ -194,12 +197,16 @@ class Plan:
     # ---- actions ------------------------------------------------------------------------------
 
     def apply(
-        self, *, inplace: bool = False, channels_last: bool = False, fold_bn: bool = False
+        self, *, inplace: bool = False, channels_last: bool = False, fold_bn: bool | None = None
     ) -> nn.Module:
-        """The pruned model: a plain module with smaller tensors (see ``surgery.apply_plan``)."""
+        """The pruned model: a plain module with smaller tensors (see ``surgery.apply_plan``).
+
+        ``fold_bn`` defaults to the plan's ``config.fold_bn``.
+        """
         from .surgery import apply_plan
 
-        return apply_plan(self, inplace=inplace, channels_last=channels_last, fold_bn=fold_bn)
+        fold = self.config.fold_bn if fold_bn is None else fold_bn
+        return apply_plan(self, inplace=inplace, channels_last=channels_last, fold_bn=fold)
 
     def masked_model(self) -> nn.Module:
         """A copy of the original with every removed channel's slices zeroed (same shapes)."""
@@ -253,7 +260,8 @@ def plan(
     table = None
     if config.metric == "latency":
         timer = timer or WallClock()
-        table = LatencyModel(graph, costs, timer, progress)
+        table = LatencyModel(graph, costs, timer, progress, fold_bn=config.fold_bn,
+                             leaf_modules=config.leaf_modules)
         cost = table.latency
     else:
         cost = costs.metric(config.metric)
@@ -343,10 +351,11 @@ def _rounds(result: Plan, states, cost, timer, bar, tried: list, layout: bool, p
     budget, tol = config.latency, config.tolerance
     base = result.before["latency_s"]
     floor = _keep_from_counts(states, [s.floor for s in states], result.costs)
+    reference = result.latency_table.reference
     for _ in range(config.calibrate):
         result.keep = keep
-        ratio = timer.ratio(apply_plan(result, channels_last=layout), graph.model,
-                            graph.example_inputs)
+        small = apply_plan(result, channels_last=layout, fold_bn=config.fold_bn)
+        ratio = timer.ratio(small, reference, graph.example_inputs)
         if not ratio > 0:
             raise ValueError(f"the timer measured a latency ratio of {ratio}; expected > 0")
         tried.append((pred, ratio, keep))

@@ -171,3 +171,25 @@ def test_memory_items_skip_views_and_count_inplace_ops():
 
     graph = trace(Residual(), torch.randn(2, 3, 4))
     assert len(graph.memory_items) == 2  # the in-place add and relu_, not the view
+
+
+def test_fold_bn_budget_is_measured_folded(cache):
+    from sparseprune.structured import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = randomize_bn(ResNet18(width=32))
+    x = torch.randn(1, 3, 32, 32)
+    clock = MacClock()
+    p = plan(model, x, latency=0.5, round_to=1, min_channels=4, fold_bn=True, timer=clock,
+             progress=False)
+    small = p.apply()  # folded by default, as it was measured
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in small.modules())
+    assert p.apply(fold_bn=False).stem[1].__class__ is torch.nn.BatchNorm2d
+    measured = clock.ratio(small, fold_batchnorm(model), (x,))
+    assert measured == pytest.approx(p.measured["ratio"])
+    assert 0.5 * 0.97 <= measured <= 0.5 * 1.03
+    unfolded = plan(model, x, latency=0.5, round_to=1, min_channels=4, timer=clock, calibrate=0,
+                    progress=False)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # folded BatchNorms cost nothing in the table's model
+    assert len(unfolded.latency_table.memory_items) - len(p.latency_table.memory_items) == n_bn
