@@ -5,6 +5,7 @@ All take ``train_fn(model, epochs, lr_scale=1.0)`` and ``eval_fn(model) -> float
 """
 
 from ._state import Levels
+from .channels import iterative_channel_prune
 from .distributed import broadcast_masks, broadcast_model, check_consistent, is_main_process
 from .iterative import History, Round, iterative_prune
 from .lottery import LotteryResult, find_lottery_ticket, reinitialize
@@ -27,6 +28,7 @@ __all__ = [
     "find_lottery_ticket",
     "fit",
     "is_main_process",
+    "iterative_channel_prune",
     "iterative_prune",
     "plot_histories",
     "plot_sensitivity",

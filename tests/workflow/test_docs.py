@@ -18,3 +18,6 @@ def test_workflow_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "history.json").exists() and (tmp_path / "history.png").exists()
     assert namespace["history"].final.sparsity > 0.5
     assert set(namespace["result"].gap()) == {0.9}
+    small, rounds = namespace["small"], namespace["rounds"]
+    assert [m.out_features for m in small if hasattr(m, "out_features")] == [64, 64, 4]
+    assert rounds.final.accuracy >= rounds.baseline - 3.0  # the example's tolerance
