@@ -474,6 +474,8 @@ def _rebalance(states, counts: list[int], costs: CostModel, cost, target: float)
                 continue
             nxt = min(n, k + s.step)
             gain = float(s.scores[s.order[k:nxt]].mean())
+            if gain <= 0:  # zero-importance units (dead, or removed in an earlier round)
+                continue
             trial = counts[:i] + [nxt] + counts[i + 1 :]
             if cost(_keep_from_counts(states, trial, costs)) <= target and (
                 best is None or gain > best[0]

@@ -1,11 +1,12 @@
 """iterative_channel_prune: rounds of channel removal + fine-tuning, smaller model returned."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import sparseprune
-from sparseprune.structured import plan
+from sparseprune.structured import count_params, plan
 from sparseprune.workflow import FineTuneConfig, FineTuner, iterative_channel_prune
 from sparseprune.workflow.data import Batches
 
@@ -97,10 +98,57 @@ def test_bad_options(tuner):
         iterative_channel_prune(model, x, 1.0, *args)
     with pytest.raises(ValueError, match="steps"):
         iterative_channel_prune(model, x, 0.5, *args, steps=0)
-    with pytest.raises(ValueError, match="other budgets"):
+    with pytest.raises(ValueError, match=r"does not take \['macs'\]"):
         iterative_channel_prune(model, x, 0.5, *args, macs=0.5)
     with pytest.raises(ValueError, match="random"):
         iterative_channel_prune(model, x, 0.5, *args, importance="random")
+    with pytest.raises(ValueError, match="taylor"):
+        iterative_channel_prune(model, x, 0.5, *args, importance="taylor")
+    assert iterative_channel_prune(model, x, np.float32(0.25), *args, steps=1, tolerance=None,
+                                   progress=False)[1].rounds[-1].target == 0.25
     torch.nn.utils.prune.l1_unstructured(model[0], "weight", 0.5)
     with pytest.raises(ValueError, match="unstructured|prune masks"):
         iterative_channel_prune(model, x, 0.5, *args)
+
+
+def _one_step_train(model, epochs, lr_scale=1.0):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05 * lr_scale, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3 * epochs):
+        x = torch.randn(2, 3, 32, 32, generator=g)
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["vit", "vit_mha", "vit_rms", "mobilenetv2", "shufflenetv2"])
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_models_nest_and_stay_exact(name, scope):
+    from tests.structured.models import MODELS, randomize_bn
+
+    factory, example = MODELS[name]
+    torch.manual_seed(0)
+    model = randomize_bn(factory()).train()
+    x = example()
+    if x.shape[1:] != (3, 32, 32):
+        x = torch.randn(2, 3, 32, 32)
+    seen = []
+
+    def eval_fn(m):  # records what it evaluated: the returned model must be the last one
+        seen.append(m)
+        return 1.0
+
+    small, h = iterative_channel_prune(model, x, [0.25, 0.5], _one_step_train, eval_fn,
+                                       tolerance=None, progress=False, round_to=1,
+                                       min_channels=1, scope=scope)
+    assert small is seen[-1] and h.best == 2
+    # nested: the widths equal a one-shot plan's at 50 % on the same (trained) weights' shapes
+    ref = plan(model, x, amount=0.5, round_to=1, min_channels=1, scope=scope)
+    assert sum(p.numel() for p in small.parameters()) <= count_params(ref.apply())
+    with torch.no_grad():
+        assert torch.isfinite(small.eval()(x)).all()
+    # no dead channel kept: a channel removed in round 1 was never brought back in round 2
+    for name, m in small.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            rows = m.weight.detach().flatten(1).abs().sum(1)
+            assert (rows > 0).all(), f"{name} kept {(rows == 0).sum()} zeroed channel(s)"
