@@ -193,3 +193,23 @@ def test_fold_bn_budget_is_measured_folded(cache):
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     # folded BatchNorms cost nothing in the table's model
     assert len(unfolded.latency_table.memory_items) - len(p.latency_table.memory_items) == n_bn
+
+
+def test_functional_model_without_timed_layers(cache):
+    class Functional(torch.nn.Module):  # matmuls written with F.linear: nothing to time alone
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1 = torch.nn.Parameter(torch.randn(64, 16))
+            self.w2 = torch.nn.Parameter(torch.randn(4, 64))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, self.w1)),
+                                              self.w2)
+
+    model = Functional()
+    x = torch.randn(8, 16)
+    p = plan(model, x, latency=0.6, round_to=1, min_channels=1, timer=MacClock(0.0, 0.0),
+             calibrate=0, progress=False)
+    assert p.latency_table.items == [] and p.latency_table.mac_items
+    assert p.after["latency_s"] <= 0.6 * p.before["latency_s"] * 1.0001
+    assert p.apply().w1.shape[0] < 64
