@@ -1,4 +1,5 @@
-"""Command line: ``sparseprune demo``, ``bench``, ``config``, ``inspect`` and ``convert``."""
+"""Command line: ``sparseprune demo``, ``bench``, ``config``, ``inspect``, ``convert`` and
+``channels``."""
 
 from __future__ import annotations
 
@@ -99,6 +100,28 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_channels(args: argparse.Namespace) -> int:
+    import torch
+
+    from .structured import StructuredPruningError, StructuredTraceError
+    from .structured.command import channels_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budgets = {k: getattr(args, k) for k in ("amount", "macs", "params", "latency")
+               if getattr(args, k) is not None}
+    try:
+        print(channels_report(
+            args.factory, tuple(args.input), weights=args.weights, output=args.output,
+            channels_last=args.channels_last, fold_bn=args.fold_bn, round_to=args.round_to,
+            min_channels=args.min_channels, importance=args.importance, scope=args.scope,
+            layer_norm=args.layer_norm, **budgets))
+    except (ValueError, StructuredTraceError, StructuredPruningError) as err:
+        print(f"sparseprune channels: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from . import show_config
 
@@ -152,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default="", help="also write results to this JSON file")
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=_cmd_bench)
+
+    chan = sub.add_parser(
+        "channels", help="structured pruning: remove whole channels/heads of a model built by "
+        "FACTORY, print params, MACs and latency before/after, save the smaller model")
+    chan.add_argument("factory", help="'package.module:callable' building the unpruned model")
+    chan.add_argument("--input", type=_ints, required=True,
+                      help="example input shape, e.g. 1,3,224,224 (latency is measured on it)")
+    chan.add_argument("--weights", help="state_dict file to load into the model first")
+    budget = chan.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--amount", type=float, help="fraction of channels removed")
+    budget.add_argument("--macs", type=float, help="MAC budget, fraction or count")
+    budget.add_argument("--params", type=float, help="parameter budget, fraction or count")
+    budget.add_argument("--latency", type=float, help="measured latency budget, fraction")
+    chan.add_argument("--round-to", type=int, default=16)
+    chan.add_argument("--min-channels", type=int, default=16)
+    chan.add_argument("--importance", default="l2", help="l1, l2, bn, random")
+    chan.add_argument("--scope", default="local", choices=["local", "global"])
+    chan.add_argument("--layer-norm", default="keep", choices=["keep", "prune"])
+    chan.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convs")
+    chan.add_argument("--channels-last", action="store_true")
+    chan.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    chan.add_argument("-o", "--output", help="write the pruned model (save_pruned format)")
+    chan.set_defaults(func=_cmd_channels)
 
     config = sub.add_parser("config", help="show ISAs, kernel variants and threads")
     config.set_defaults(func=_cmd_config)

@@ -1,0 +1,69 @@
+"""``sparseprune channels``: factory + weights in, plan and before/after table out, file saved."""
+
+import pytest
+import torch
+
+from sparseprune.cli import main
+from sparseprune.structured import load_pruned, plan
+
+from .models import MLP, ResNet18, randomize_bn
+
+FACTORY = "tests.structured.models:ResNet18"
+
+
+def test_channels_prunes_reports_and_saves(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = randomize_bn(ResNet18()).state_dict()
+    torch.save(weights, tmp_path / "w.pt")
+    out = tmp_path / "small.pt"
+    code = main(["channels", FACTORY, "--input", "1,3,32,32", "--weights", str(tmp_path / "w.pt"),
+                 "--amount", "0.5", "--round-to", "1", "--min-channels", "1", "--threads", "1",
+                 "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "Structured pruning plan" in text and "speedup" in text
+    assert text.count("before") >= 1 and "after" in text and "wrote" in text
+    loaded = load_pruned(ResNet18, out).eval()
+    model = ResNet18()
+    model.load_state_dict(weights)
+    x = torch.randn(2, 3, 32, 32)
+    ref = plan(model.eval(), torch.randn(1, 3, 32, 32), amount=0.5, round_to=1,
+               min_channels=1).apply()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_channels_fold_bn(tmp_path, capsys):
+    out = tmp_path / "small.pt"
+    code = main(["channels", FACTORY, "--input", "1,3,32,32", "--macs", "0.7", "--fold-bn",
+                 "--threads", "1", "-o", str(out)])
+    assert code == 0
+    assert "BatchNorm folded in both" in capsys.readouterr().out
+    loaded = load_pruned(ResNet18, out)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nope", "--amount", "0.5"], "expected 'package.module:callable'"),
+    (["no_such_pkg.x:f", "--amount", "0.5"], "cannot import 'no_such_pkg.x'"),
+    (["tests.structured.models:Nope", "--amount", "0.5"], "has no 'Nope'"),
+    (["tests.structured.models:conv_bn", "--amount", "0.5"], "failed: TypeError"),
+    (["tests.structured.models:MODELS", "--amount", "0.5"], "not callable"),
+    ([FACTORY, "--amount", "1.5"], "amount must be in [0, 1)"),
+])
+def test_channels_errors(args, message, capsys):
+    code = main(["channels", args[0], "--input", "1,3,32,32", *args[1:]])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_channels_rejects_weights_that_do_not_fit(tmp_path, capsys):
+    torch.save(MLP().state_dict(), tmp_path / "mlp.pt")
+    code = main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
+                 str(tmp_path / "mlp.pt"), "--amount", "0.5"])
+    assert code == 2
+    assert "does not fit ResNet18" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a file")
+    assert main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
+                 str(tmp_path / "junk.pt"), "--amount", "0.5"]) == 2
+    assert "not a weights-only state_dict" in capsys.readouterr().err
