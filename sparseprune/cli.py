@@ -18,7 +18,18 @@ def _floats(text: str) -> list[float]:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad list {text!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
+
+
+def _threads(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--threads must be >= 0 (0: torch's default); got {n}")
+    return n
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -106,6 +117,7 @@ def _cmd_channels(args: argparse.Namespace) -> int:
     from .structured import StructuredPruningError, StructuredTraceError
     from .structured.command import channels_report
 
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     budgets = {k: getattr(args, k) for k in ("amount", "macs", "params", "latency")
@@ -119,6 +131,8 @@ def _cmd_channels(args: argparse.Namespace) -> int:
     except (ValueError, StructuredTraceError, StructuredPruningError) as err:
         print(f"sparseprune channels: {err}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 
@@ -179,23 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     chan = sub.add_parser(
         "channels", help="structured pruning: remove whole channels/heads of a model built by "
         "FACTORY, print params, MACs and latency before/after, save the smaller model")
-    chan.add_argument("factory", help="'package.module:callable' building the unpruned model")
-    chan.add_argument("--input", type=_ints, required=True,
-                      help="example input shape, e.g. 1,3,224,224 (latency is measured on it)")
-    chan.add_argument("--weights", help="state_dict file to load into the model first")
+    chan.add_argument("factory", metavar="FACTORY",
+                      help="'package.module:callable' building the unpruned model (the module "
+                      "is imported and its code runs; the working directory is importable)")
+    chan.add_argument("--input", type=_ints, required=True, metavar="SHAPE",
+                      help="example input shape, e.g. 1,3,224,224: a float32 random input the "
+                      "model is traced and timed on")
+    chan.add_argument("--weights", help="state_dict or checkpoint file (weights-only) to load "
+                      "into the model first")
     budget = chan.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--amount", type=float, help="fraction of channels removed")
-    budget.add_argument("--macs", type=float, help="MAC budget, fraction or count")
-    budget.add_argument("--params", type=float, help="parameter budget, fraction or count")
-    budget.add_argument("--latency", type=float, help="measured latency budget, fraction")
-    chan.add_argument("--round-to", type=int, default=16)
-    chan.add_argument("--min-channels", type=int, default=16)
-    chan.add_argument("--importance", default="l2", help="l1, l2, bn, random")
+    budget.add_argument("--amount", type=float, help="fraction of channels removed, in [0, 1)")
+    budget.add_argument("--macs", type=float, help="MAC budget: a fraction (<= 1) or a count")
+    budget.add_argument("--params", type=float,
+                        help="parameter budget: a fraction (<= 1) or a count")
+    budget.add_argument("--latency", type=float,
+                        help="latency budget, a fraction in (0, 1] of the unpruned model's, "
+                        "measured on this CPU (table cached in ~/.cache/sparseprune)")
+    chan.add_argument("--round-to", type=int, default=16,
+                      help="widths become multiples of this (default 16; 1 disables)")
+    chan.add_argument("--min-channels", type=int, default=16,
+                      help="no group keeps fewer channels (default 16)")
+    chan.add_argument("--importance", default="l2", choices=["l1", "l2", "bn", "random"])
     chan.add_argument("--scope", default="local", choices=["local", "global"])
-    chan.add_argument("--layer-norm", default="keep", choices=["keep", "prune"])
+    chan.add_argument("--layer-norm", default="keep", choices=["keep", "prune"],
+                      help="prune LayerNorm widths too (approximate; default keep)")
     chan.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the convs")
-    chan.add_argument("--channels-last", action="store_true")
-    chan.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    chan.add_argument("--channels-last", action="store_true",
+                      help="time and emit the models in channels_last memory format")
+    chan.add_argument("--threads", type=_threads, default=0,
+                      help="torch threads (0: torch's default)")
     chan.add_argument("-o", "--output", help="write the pruned model (save_pruned format)")
     chan.set_defaults(func=_cmd_channels)
 

@@ -22,7 +22,7 @@ from torch import nn
 from .budget import count_macs, count_params
 from .fold import fold_batchnorm
 from .io import save_pruned
-from .latency import WallClock, time_call
+from .latency import WallClock
 from .planner import plan
 
 __all__ = ["channels_report", "load_factory"]
@@ -38,12 +38,11 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     if not sep or not module_name or not attr:
         raise ValueError(f"factory {spec!r}: expected 'package.module:callable', e.g. "
                          "'torchvision.models:resnet18'")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"factory {spec!r}: cannot import {module_name!r}: {exc}") from None
+        module = _import(module_name)
+    except Exception as exc:  # ImportError, or the module's own code failing on import
+        raise ValueError(f"factory {spec!r}: cannot import {module_name!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -54,6 +53,42 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     return fn
 
 
+def _import(name: str):
+    """Import ``name``; if that fails, once more with the working directory on ``sys.path``
+    (restored afterwards, so later imports are not shadowed by local files)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        if os.getcwd() in sys.path:
+            raise
+    sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(os.getcwd())
+
+
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    """A state_dict from a weights-only file: checkpoints unwrapped, prune masks folded,
+    a DistributedDataParallel ``module.`` prefix dropped."""
+    from ..workflow.files import read_model_file
+
+    _, tensors, _ = read_model_file(path)  # ModelFileError (a ValueError) names the problem
+    state = {}
+    for key, value in tensors.items():
+        if key.endswith("_mask"):
+            continue
+        if key.endswith("_orig"):
+            base = key[: -len("_orig")]
+            mask = tensors.get(base + "_mask")
+            state[base] = value * mask if mask is not None else value
+        else:
+            state[key] = value
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def _build(factory: Callable[[], nn.Module], spec: str, weights: str | None) -> nn.Module:
     try:
         model = factory()
@@ -62,15 +97,14 @@ def _build(factory: Callable[[], nn.Module], spec: str, weights: str | None) -> 
     if not isinstance(model, nn.Module):
         raise ValueError(f"factory {spec!r} returned a {type(model).__name__}, not an nn.Module")
     if weights is not None:
+        state = _read_weights(weights)
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle, zip and unsafe-global errors all land here
-            raise ValueError(f"{weights}: not a weights-only state_dict file: {exc}") from None
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"{weights}: expected a state_dict, got {type(state).__name__}")
-        result = model.load_state_dict(state, strict=False)
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            first = str(exc).strip().splitlines()
+            raise ValueError(f"{weights} does not fit {type(model).__name__}: "
+                             f"{' '.join(line.strip() for line in first[:3])} (a file written "
+                             "by 'channels -o' loads with load_pruned(factory, path))") from None
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(f"{weights} does not fit {type(model).__name__}: missing "
                              f"{result.missing_keys[:5]}, unexpected "
@@ -98,9 +132,20 @@ def channels_report(
     """
     if not input_shape or any(d < 1 for d in input_shape):
         raise ValueError(f"input shape {input_shape}: expected positive sizes, e.g. 1,3,224,224")
+    if output is not None:
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise ValueError(f"-o {output}: directory {parent} does not exist")
     factory = load_factory(spec)
     model = _build(factory, spec, weights)
-    x = torch.randn(*input_shape)
+    x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # wrong channel count, too small, integer inputs expected, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"the model from {spec!r} does not run on a float32 input of shape "
+                         f"{list(input_shape)}: {type(exc).__name__}: {first}") from None
     if channels_last:
         if x.dim() != 4:
             raise ValueError(f"--channels-last needs a 4-d input; got shape {input_shape}")
@@ -110,17 +155,22 @@ def channels_report(
     small = p.apply(channels_last=channels_last)
     # like for like: with fold_bn the unpruned model is timed folded too
     reference = fold_batchnorm(model) if fold_bn else model
-    ratio = WallClock().ratio(small, reference, (x,))
-    with torch.no_grad():
-        dense_ms = time_call(lambda: reference(x)) * 1e3
+    after_s, before_s = WallClock().times(small, reference, (x,))
     lines = [str(p), "", f"{'':<8} {'params':>14} {'MACs':>16} {'latency (ms)':>13}"
              + ("   (BatchNorm folded in both)" if fold_bn else "")]
-    for name, m, ms in (("before", reference, dense_ms), ("after", small, dense_ms * ratio)):
-        lines.append(f"{name:<8} {count_params(m):>14,} {count_macs(m, x):>16,} {ms:>13.2f}")
-    lines.append(f"speedup {1 / ratio:.2f}x (interleaved runs, {torch.get_num_threads()} "
-                 f"thread(s), input {list(input_shape)})")
+    for name, m, sec in (("before", reference, before_s), ("after", small, after_s)):
+        lines.append(f"{name:<8} {count_params(m):>14,} {count_macs(m, x):>16,} "
+                     f"{sec * 1e3:>13.2f}")
+    lines.append(f"speedup {before_s / after_s:.2f}x (medians of interleaved runs, "
+                 f"{torch.get_num_threads()} thread(s), input {list(input_shape)})")
     if output is not None:
-        save_pruned(small, output)
-        lines.append(f"wrote {output}: load it with sparseprune.structured.load_pruned("
-                     f"{spec.partition(':')[2]}, {output!r})")
+        try:
+            save_pruned(small, output)
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"-o {output}: cannot write: {exc}") from None
+        module_name, _, attr = spec.partition(":")
+        layout = ".to(memory_format=torch.channels_last)" if channels_last else ""
+        lines.append(f"wrote {output}; load it with:\n  from {module_name} import "
+                     f"{attr.split('.')[0]}\n  from sparseprune.structured import load_pruned\n"
+                     f"  model = load_pruned({attr}, {output!r}).eval(){layout}")
     return "\n".join(lines)

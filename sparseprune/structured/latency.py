@@ -66,6 +66,11 @@ class WallClock:
 
     def ratio(self, small: nn.Module, big: nn.Module, inputs: tuple) -> float:
         """``median time(small) / median time(big)`` on ``inputs``, both in eval mode."""
+        ts, tb = self.times(small, big, inputs)
+        return ts / tb
+
+    def times(self, small: nn.Module, big: nn.Module, inputs: tuple) -> tuple[float, float]:
+        """Median seconds per call of ``small`` and ``big``, timed interleaved, eval mode."""
         with _eval(small), _eval(big), torch.no_grad():
             small(*inputs), big(*inputs)
             ts, tb = [], []
@@ -78,7 +83,7 @@ class WallClock:
                 ts.append(t1 - t0)
                 if len(ts) >= 200:
                     break
-        return float(np.median(ts) / np.median(tb))
+        return float(np.median(ts)), float(np.median(tb))
 
 
 class _eval:

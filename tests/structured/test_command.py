@@ -57,6 +57,49 @@ def test_channels_errors(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    n = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == n  # the command restores what it changed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "1,4,16,16", "--amount", "0.5"], "does not run on a float32 input"),
+    (["--input", "1,x", "--amount", "0.5"], "expected comma-separated integers"),
+    (["--input", "1,3,32,32", "--amount", "0.5", "--threads", "-1"], "--threads must be >= 0"),
+    (["--input", "1,3,32,32", "--amount", "0.5", "-o", "/no/such/dir/m.pt"], "does not exist"),
+])
+def test_channels_bad_arguments(args, message, capsys):
+    try:
+        code = main(["channels", FACTORY, *args])
+    except SystemExit as exc:  # argparse rejects the value itself
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_channels_checkpoint_masks_and_ddp_prefix(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = randomize_bn(ResNet18())
+    torch.nn.utils.prune.l1_unstructured(model.fc, "weight", 0.5)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pt")
+    out = tmp_path / "s.pt"
+    assert main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
+                 str(tmp_path / "ckpt.pt"), "--amount", "0.5", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "from tests.structured.models import ResNet18" in text
+    torch.save(load_pruned(ResNet18, out).state_dict(), tmp_path / "small_sd.pt")
+    assert main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
+                 str(tmp_path / "small_sd.pt"), "--amount", "0.5"]) == 2
+    assert "loads with load_pruned" in capsys.readouterr().err
+    torch.save(model, tmp_path / "module.pt")
+    assert main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
+                 str(tmp_path / "module.pt"), "--amount", "0.5"]) == 2
+    assert "channels:" in capsys.readouterr().err
+
+
 def test_channels_rejects_weights_that_do_not_fit(tmp_path, capsys):
     torch.save(MLP().state_dict(), tmp_path / "mlp.pt")
     code = main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
@@ -66,4 +109,4 @@ def test_channels_rejects_weights_that_do_not_fit(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a file")
     assert main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
                  str(tmp_path / "junk.pt"), "--amount", "0.5"]) == 2
-    assert "not a weights-only state_dict" in capsys.readouterr().err
+    assert "not a torch save file" in capsys.readouterr().err
