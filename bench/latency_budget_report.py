@@ -17,12 +17,9 @@ import time
 import torch
 
 from sparseprune.structured import WallClock, count_macs, fold_batchnorm, plan
-from tests.structured.models import MobileNetV2, ResNet18, randomize_bn
+from tests.structured.models import FULL_SIZE, randomize_bn
 
-MODELS = {
-    "resnet18": lambda: ResNet18(width=64, classes=1000),
-    "mobilenetv2": lambda: MobileNetV2(classes=1000, table=MobileNetV2.FULL),
-}
+MODELS = FULL_SIZE
 
 
 def main() -> None:

@@ -19,12 +19,9 @@ import torch
 from torch import nn
 
 from sparseprune.structured import fold_batchnorm, plan
-from tests.structured.models import MobileNetV2, ResNet18, randomize_bn
+from tests.structured.models import FULL_SIZE, randomize_bn
 
-MODELS = {
-    "resnet18": lambda: ResNet18(width=64, classes=1000),
-    "mobilenetv2": lambda: MobileNetV2(classes=1000, table=MobileNetV2.FULL),
-}
+MODELS = FULL_SIZE
 KINDS = ("conv 1x1", "conv depthwise", "conv kxk", "batchnorm", "activation", "linear", "other")
 
 

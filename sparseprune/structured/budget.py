@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .._modules import eval_mode
 from .graph import DependencyGraph
 
 __all__ = ["CostModel", "count_macs", "count_params"]
@@ -26,14 +27,8 @@ def count_macs(model: nn.Module, example_inputs: tuple | torch.Tensor) -> int:
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    was_training = [m.training for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*example_inputs)
-    finally:
-        for m, t in zip(model.modules(), was_training, strict=True):
-            m.training = t
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*example_inputs)
     return int(counter.get_total_flops() // 2)
 
 

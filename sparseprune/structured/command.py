@@ -71,19 +71,12 @@ def _import(name: str):
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
     """A state_dict from a weights-only file: checkpoints unwrapped, prune masks folded,
     a DistributedDataParallel ``module.`` prefix dropped."""
-    from ..workflow.files import read_model_file
+    from ..workflow.files import effective_weights, read_model_file
 
     _, tensors, _ = read_model_file(path)  # ModelFileError (a ValueError) names the problem
-    state = {}
-    for key, value in tensors.items():
-        if key.endswith("_mask"):
-            continue
-        if key.endswith("_orig"):
-            base = key[: -len("_orig")]
-            mask = tensors.get(base + "_mask")
-            state[base] = value * mask if mask is not None else value
-        else:
-            state[key] = value
+    # masks folded into the float tensors; integer buffers (num_batches_tracked) kept as they are
+    state = {k: v for k, v in tensors.items() if not k.endswith(("_orig", "_mask"))}
+    state.update(effective_weights(tensors))
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state

@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .._modules import eval_mode
 from .labels import FIXED, AtomTable
 
 __all__ = [
@@ -300,18 +301,12 @@ def trace(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    gm = symbolic_trace(model, leaf_modules)
     if layer_norm not in ("keep", "prune"):
         raise ValueError(f"layer_norm must be 'keep' or 'prune'; got {layer_norm!r}")
+    gm = symbolic_trace(model, leaf_modules)
     graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm)
-    was_training = [m.training for m in model.modules()]
-    try:
-        model.eval()
-        gm.eval()
-        with torch.no_grad():
-            LabelInterpreter(gm, graph, protect_output=protect_output).run(*example_inputs)
-    finally:
-        for m, t in zip(model.modules(), was_training, strict=True):
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        gm.eval()  # its submodules are the model's: restored with them
+        LabelInterpreter(gm, graph, protect_output=protect_output).run(*example_inputs)
     graph.finalize()
     return graph

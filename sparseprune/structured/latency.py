@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._modules import eval_mode
 from .budget import CostModel
 from .graph import DependencyGraph
 
@@ -71,7 +72,7 @@ class WallClock:
 
     def times(self, small: nn.Module, big: nn.Module, inputs: tuple) -> tuple[float, float]:
         """Median seconds per call of ``small`` and ``big``, timed interleaved, eval mode."""
-        with _eval(small), _eval(big), torch.no_grad():
+        with eval_mode(small), eval_mode(big), torch.no_grad():
             small(*inputs), big(*inputs)
             ts, tb = [], []
             while len(ts) < self.min_rounds or sum(ts) + sum(tb) < self.min_time:
@@ -84,21 +85,6 @@ class WallClock:
                 if len(ts) >= 200:
                     break
         return float(np.median(ts)), float(np.median(tb))
-
-
-class _eval:
-    """Context: ``model`` in eval mode, every submodule's mode restored afterwards."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.modes = [m.training for m in self.model.modules()]
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        for m, t in zip(self.model.modules(), self.modes, strict=True):
-            m.training = t
 
 
 def channels_last(model: nn.Module) -> bool:
@@ -202,7 +188,7 @@ class LatencyModel:
             if self.channels_last:
                 self.reference = self.reference.to(memory_format=torch.channels_last)
             folded = set(folded_batchnorms(self.reference))
-        with _eval(self.reference):
+        with eval_mode(self.reference):
             full = timer.layer(self.reference, graph.example_inputs)
         # Untimed matmuls run at the timed layers' speed, within what the layers leave over.
         untimed_macs = sum(it.base for it in untimed)

@@ -276,7 +276,7 @@ def plan(
             raise
         # The table overestimates small models (widths below 1/4 are clamped); the smallest
         # plan is measured before the budget is called unreachable.
-        keep = _keep_from_counts(states, [s.floor for s in states], costs)
+        keep = _floor_keep(states, costs)
         target = cost(keep)
     result = Plan(graph=graph, config=config, keep=keep, costs=costs, target=target,
                   latency_table=table)
@@ -318,10 +318,10 @@ def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
     layout = channels_last(graph.model)
     pred, keep = result.target, result.keep
     tried: list[tuple[float, float, np.ndarray]] = []
+    floor = _floor_keep(states, result.costs)
     with tqdm(total=config.calibrate, desc="latency calibration", unit="round", leave=False,
               disable=not progress) as bar:
-        _rounds(result, states, cost, timer, bar, tried, layout, pred, keep)
-    floor = _keep_from_counts(states, [s.floor for s in states], result.costs)
+        _rounds(result, states, cost, timer, bar, tried, layout, pred, keep, floor)
     ok = [t for t in tried if t[1] <= budget * (1 + tol)]
     if not ok and any(np.array_equal(k, floor) for _, _, k in tried):
         raise ValueError(
@@ -343,14 +343,13 @@ def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
 
 
 def _rounds(result: Plan, states, cost, timer, bar, tried: list, layout: bool, pred: float,
-            keep: np.ndarray) -> None:
+            keep: np.ndarray, floor: np.ndarray) -> None:
     """Measure, re-plan, repeat; appends ``(predicted target, measured ratio, keep)``."""
     from .surgery import apply_plan
 
     config, graph = result.config, result.graph
     budget, tol = config.latency, config.tolerance
     base = result.before["latency_s"]
-    floor = _keep_from_counts(states, [s.floor for s in states], result.costs)
     reference = result.latency_table.reference
     for _ in range(config.calibrate):
         result.keep = keep
@@ -426,6 +425,11 @@ def _keep_from_counts(states, counts, costs: CostModel) -> np.ndarray:
     for s, k, off in zip(states, counts, costs.offsets[:-1], strict=False):
         keep[off + s.order[:k]] = True
     return keep
+
+
+def _floor_keep(states, costs: CostModel) -> np.ndarray:
+    """The smallest plan: every group at its floor."""
+    return _keep_from_counts(states, [s.floor for s in states], costs)
 
 
 def _search(states, costs: CostModel, cost, target: float, config: PlanConfig) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._modules import eval_mode
 from .mha import mark_head_pruned
 
 if TYPE_CHECKING:
@@ -40,14 +41,8 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def _run(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
-    was_training = [m.training for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(*inputs)
-    finally:
-        for m, t in zip(model.modules(), was_training, strict=True):
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        out = model(*inputs)
     return [t for t in _flat(out) if isinstance(t, torch.Tensor)]
 
 

@@ -13,14 +13,13 @@ import os
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .._timing import interleaved
 from ..formats import CSR
-from ..pruning.summary import tensor_bytes
+from ..pruning.summary import LayerSummary, tensor_bytes
 
 __all__ = ["LayerInfo", "ModelFileError", "convert_file", "inspect_state", "load_model_file",
            "read_model_file"]
@@ -118,21 +117,9 @@ def _all_tensors(d: Mapping) -> bool:
     return all(isinstance(v, Tensor) for v in d.values())
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    """One weight tensor of a state_dict."""
-
-    name: str
-    shape: tuple[int, ...]
-    params: int
-    nonzeros: int
-    pattern: str
-    dense_bytes: int
-    packed_bytes: int
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.nonzeros / self.params if self.params else 0.0
+# One weight tensor of a state_dict: the same row as ``sparseprune.summary`` gives for a
+# module (``type`` is "" where no module names it, "SparseLinear" for packed layers).
+LayerInfo = LayerSummary
 
 
 def _pattern(w: Tensor) -> str:
@@ -186,15 +173,19 @@ def inspect_state(state: Mapping[str, Tensor]) -> list[LayerInfo]:
             shape = CSR.shape_from_header(state[f"{prefix}.format_header"], name=prefix)
             packed = sum(state[f"{prefix}.{p}"].numel() * state[f"{prefix}.{p}"].element_size()
                          for p in _PACKED[:3])
-            rows.append(LayerInfo(prefix, tuple(shape), shape[0] * shape[1], int(w.numel()),
-                                  f"packed CSR ({row_ptr.numel() - 1} rows)",
-                                  shape[0] * shape[1] * w.element_size(), packed))
+            rows.append(LayerInfo(
+                name=prefix, param="weight", type="SparseLinear", shape=tuple(shape),
+                params=shape[0] * shape[1], nonzeros=int(w.numel()),
+                pattern=f"packed CSR ({row_ptr.numel() - 1} rows)",
+                dense_bytes=shape[0] * shape[1] * w.element_size(), packed_bytes=packed))
             continue
         if not (key == "weight" or key.endswith(".weight")) or w.dim() < 2:
             continue
         nnz, dense, packed = tensor_bytes(w)
-        rows.append(LayerInfo(key.rpartition(".")[0] or key, tuple(w.shape), w.numel(), nnz,
-                              _pattern(w), dense, packed))
+        rows.append(LayerInfo(
+            name=key.rpartition(".")[0] or key, param="weight", type="", shape=tuple(w.shape),
+            params=w.numel(), nonzeros=nnz, pattern=_pattern(w), dense_bytes=dense,
+            packed_bytes=packed))
     return rows
 
 

@@ -392,3 +392,10 @@ MODELS = {
     "mlp": (lambda: MLP(), lambda: torch.randn(4, 20)),
     "conv1d": (lambda: Conv1dNet(), lambda: torch.randn(2, 1, 40)),
 }
+
+
+# name -> factory of the real-size models the structured benchmarks time at 224x224
+FULL_SIZE = {
+    "resnet18": lambda: ResNet18(width=64, classes=1000),
+    "mobilenetv2": lambda: MobileNetV2(classes=1000, table=MobileNetV2.FULL),
+}
