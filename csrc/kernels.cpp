@@ -1,28 +1,23 @@
 #include "kernels.h"
 
 #include "common/cpu.h"
-#include "spmm/spmm_kernels.h"
-#include "spmm/spmm_sell_kernels.h"
-#include "spmv/spmv_kernels.h"
 
 namespace sparseprune {
 
 // Panels sit back to back in one buffer and are read with aligned 8-float loads.
-#define SP_KERNEL(isa, name, fn, format, mr, nr) \
-  static_assert((mr) % 8 == 0, name ": panel width must be a multiple of 8");
-#include "spmm/spmm_sell_kernels.inc"
+#define SP_KERNEL(isa, fn, W, mr, nr) \
+  static_assert((mr) % 8 == 0, #fn ": panel width must be a multiple of 8");
 #include "spmm/spmm_kernels.inc"
 #undef SP_KERNEL
 
 const std::vector<KernelInfo>& all_kernels() {
   static const std::vector<KernelInfo> table = {
-#define SP_KERNEL(isa, name, fn, format, mr, nr) \
-  {name, "spmm", format, isa, mr, nr, reinterpret_cast<void*>(&fn)},
-#include "spmm/spmm_sell_kernels.inc"
+#define SP_KERNEL(isa, fn, W, mr, nr) \
+  {#fn, Family::kSpmm, W::kFormat, isa, mr, nr, AnyLinearFn(LinearFn<W>(&fn))},
 #include "spmm/spmm_kernels.inc"
 #undef SP_KERNEL
-#define SP_KERNEL(isa, name, fn, format, mr, nr) \
-  {name, "spmv", format, isa, mr, nr, reinterpret_cast<void*>(&fn)},
+#define SP_KERNEL(isa, fn, W, mr, nr) \
+  {#fn, Family::kSpmv, W::kFormat, isa, mr, nr, AnyLinearFn(LinearFn<W>(&fn))},
 #include "spmv/spmv_kernels.inc"
 #undef SP_KERNEL
   };
@@ -33,6 +28,18 @@ const KernelInfo* find_kernel(const std::string& name) {
   for (const KernelInfo& k : all_kernels())
     if (name == k.name) return &k;
   return nullptr;
+}
+
+const char* family_name(Family f) { return f == Family::kSpmm ? "spmm" : "spmv"; }
+
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::kCsr: return "csr";
+    case Format::kSell: return "sell";
+    case Format::kBsr: return "bsr";
+    case Format::kNm: return "nm";
+  }
+  return "unknown";
 }
 
 bool cpu_supports(const KernelInfo& k) { return (cpu_isa_mask() & k.isa) != 0; }

@@ -1,28 +1,46 @@
-// The registry of every compiled kernel variant (all families) and the default choice per family.
+// Every compiled linear kernel variant, from the family tables (spmm/spmm_kernels.inc,
+// spmv/spmv_kernels.inc). A row's function pointer is typed by its weight format: the format of
+// a row is the weight type its kernel takes, so a row cannot be paired with the wrong weight.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <variant>
 #include <vector>
 
-#include "common/csr.h"
+#include "common/linear_fn.h"
+#include "formats/weights.h"
 
 namespace sparseprune {
 
+// One alternative per native weight type (formats/weights.h); adding a format adds one here.
+using AnyLinearFn = std::variant<LinearFn<CsrWeight>, LinearFn<SellWeight>>;
+
 struct KernelInfo {
-  const char* name;    // e.g. "spmm_csr_f32_16x1_avx2"
-  const char* family;  // "spmm" | "spmv"
-  const char* format;  // "csr"
-  uint32_t isa;        // one Isa bit
-  int mr;              // batch rows per call
-  int nr;              // output rows per step
-  void* fn;            // SpmmFn or SpmvFn by family
+  const char* name;  // the function's name, e.g. "spmm_csr_f32_16x1_avx2"
+  Family family;
+  Format format;
+  uint32_t isa;  // one Isa bit
+  int mr;        // spmm: batch rows per panel; spmv: 1
+  int nr;        // output rows per step
+  AnyLinearFn fn;
 };
 
-// Every row of every kernel table, in table order (most preferred first within a family).
+// Declarations of every table row: void fn(const W&, ...) with the LinearFn<W> signature.
+#define SP_KERNEL(isa, fn, W, mr, nr)                                                      \
+  void fn(const W& w, const float* in, int64_t nvalid, int64_t ldx, const float* bias,    \
+          float* y, int64_t ldy, int64_t u0, int64_t u1);
+#include "spmm/spmm_kernels.inc"
+#include "spmv/spmv_kernels.inc"
+#undef SP_KERNEL
+
+// Every row of every table, in table order (most preferred first within a family and format).
 const std::vector<KernelInfo>& all_kernels();
 
 // The row with this name, or nullptr.
 const KernelInfo* find_kernel(const std::string& name);
+
+const char* family_name(Family f);
+const char* format_name(Format f);
 
 // True when the CPU can run the variant (ignores the SPARSEPRUNE_ISA cap).
 bool cpu_supports(const KernelInfo& k);

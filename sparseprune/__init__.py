@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .config import show_config
 from .convert import ConvertReport, LayerReport, convert, register_converter
-from .formats import CSR
+from .formats import CSR, FORMATS, SELL
 from .nn import SparseLinear
 from .ops import get_num_threads, set_num_threads
 from .pruning import Protect, Pruner, PruneReport, prune, remove, summary
@@ -16,6 +16,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "CSR",
+    "FORMATS",
+    "SELL",
     "ConvertReport",
     "LayerReport",
     "Protect",

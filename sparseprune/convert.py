@@ -12,8 +12,8 @@ from torch import nn
 
 from ._modules import deepcopy_model
 from ._timing import calls_for, interleaved
+from ._weights import effective_weight
 from .nn import SparseLinear
-from .nn.linear import dense_weight_of
 
 __all__ = ["convert", "ConvertReport", "LayerReport", "register_converter"]
 
@@ -164,7 +164,7 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
     replaced_root = None
     converted: dict[int, nn.Module] = {}  # id(original) -> its replacement, for shared layers
     for name, module in candidates:
-        weight = dense_weight_of(module)
+        weight = effective_weight(module)
         numel = weight.numel()
         sparsity = float((weight == 0).sum()) / numel if numel else 1.0
         row = dict(name=name, type=type(module).__name__, shape=tuple(weight.shape),

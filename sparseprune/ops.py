@@ -1,47 +1,61 @@
 """The one bridge to the native extension ``sparseprune._C``.
 
-Everything else in the package calls these functions; nothing else imports ``_C``. Tensors cross
-the boundary as zero-copy NumPy views of contiguous float32 CPU tensors, and outputs are allocated
-here with ``torch.empty`` and filled in place by the kernel (which releases the GIL).
+Everything else in the package calls these functions; nothing else imports ``_C``. Native weight
+objects (``_C.CsrWeight``, ``_C.SellWeight``, ...) are built here from canonical arrays (and
+validated by their constructors); activations cross the boundary as zero-copy NumPy views of
+float32 CPU tensors, and outputs are allocated here and filled in place by the kernel (which
+releases the GIL).
 
-``csr_linear`` is also registered as the ``torch.library`` custom op ``sparseprune::csr_linear``
-(with a fake implementation), so ``torch.compile`` and ``torch.export`` can trace through
-``SparseLinear`` without graph breaks.
+``linear`` is also registered as the ``torch.library`` custom op ``sparseprune::linear`` (with a
+fake implementation), so ``torch.compile`` and ``torch.export`` trace through packed modules
+without graph breaks. The op takes the canonical buffers and validates them (once per distinct
+set of buffers) before any kernel runs.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import _C
 
-# csr_linear_eager, csr_linear_arrays, weight_arrays and prepack_sell are deliberately not
-# exported: they trust their CSR input (validated once by CSR.from_tensors / SparseLinear), and a
-# kernel run on unchecked indices could read out of bounds.
 __all__ = [
-    "csr_linear",
-    "validate_csr",
+    "linear",
+    "make_weight",
+    "make_plan",
     "list_kernels",
     "cpu_info",
+    "dispatch_log",
     "set_num_threads",
     "get_num_threads",
     "native_version",
     "is_tracing",
+    "MAX_THREADS",
+    "register_native",
 ]
 
+MAX_THREADS = 1024
 _num_threads_override: int | None = None
+
+# Format id -> native class and canonical buffer order; filled by formats.register_format.
+_NATIVE: dict[int, type] = {}
+_BUFFER_NAMES: dict[int, tuple[str, ...]] = {}
 
 
 def set_num_threads(n: int | None) -> None:
     """Sets the kernels' thread count; ``None`` follows ``torch.get_num_threads()`` again.
 
     Args:
-        n: a positive thread count, or None to follow torch again.
+        n: a thread count in [1, ``MAX_THREADS``], or None to follow torch again.
     """
     global _num_threads_override
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads expects a positive int or None, got {n!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                          or not 1 <= n <= MAX_THREADS):
+        raise ValueError(f"set_num_threads expects an int in [1, {MAX_THREADS}] or None, "
+                         f"got {n!r}")
     _num_threads_override = n
 
 
@@ -49,11 +63,11 @@ def get_num_threads() -> int:
     """Threads the kernels use: the ``set_num_threads`` value, else ``torch.get_num_threads()``."""
     if _num_threads_override is not None:
         return _num_threads_override
-    return max(1, torch.get_num_threads())
+    return min(MAX_THREADS, max(1, torch.get_num_threads()))
 
 
 def list_kernels() -> list[dict]:
-    """Every compiled kernel variant: name, family, format, isa, mr, nr, supported, default."""
+    """Every compiled kernel: name, family, format, format_id, isa, mr, nr, supported, default."""
     return _C.list_kernels()
 
 
@@ -62,107 +76,144 @@ def cpu_info() -> dict:
     return _C.cpu_info()
 
 
+def dispatch_log() -> str:
+    """One line per format: the kernels the default plans use."""
+    return _C.dispatch_log()
+
+
 def native_version() -> str:
     """The version string compiled into the extension."""
     return _C.__version__
 
 
-def validate_csr(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
-                 cols: int) -> str:
-    """Full O(rows + nnz) structural check of CSR data; returns '' when valid, else the problem.
+def make_weight(format_id: int, rows: int, cols: int, params: Sequence[int],
+                arrays: Mapping[str, np.ndarray]) -> object:
+    """The native weight of a format from its canonical arrays; ValueError when invalid."""
+    cls = _NATIVE.get(int(format_id))
+    if cls is None:
+        raise ValueError(f"no native weight type for format id {format_id}")
+    return cls(int(rows), int(cols), tuple(int(p) for p in params), dict(arrays))
+
+
+def make_plan(format_id: int, names: Sequence[str]) -> object:
+    """A fixed kernel choice (names from ``list_kernels()``) for one format."""
+    return _C.KernelPlan(int(format_id), list(names))
+
+
+def linear_eager(x: torch.Tensor, native: object, bias: torch.Tensor | None,
+                 plan: object | None = None, *, out_cols_pad: int = 0
+                 ) -> tuple[torch.Tensor, bool]:
+    """y = x Wᵀ + bias on a native weight, also returning whether x held NaN/Inf.
 
     Args:
-        row_ptr: [rows + 1] int64, contiguous.
-        col_idx: [nnz] uint16 (cols <= 65536) or int32, contiguous.
-        values: [nnz] float32, contiguous.
-        cols: number of columns (input features).
+        x: [B, cols] float32 CPU with contiguous rows (any row stride).
+        native: a native weight from ``make_weight``.
+        bias: [rows] float32 contiguous, or None.
+        plan: ``make_plan`` result, or None for the default kernels.
+        out_cols_pad: extra output columns (the kernel writes y[:, :rows] of a wider array,
+            i.e. with a row stride > rows; tests use it).
+
+    Returns:
+        ([B, rows + out_cols_pad] float32, whether x held NaN or Inf). The flag comes from a
+        scan inside the extension, so callers can match dense semantics without a second pass.
     """
-    return _C.validate_csr(row_ptr.numpy(), col_idx.numpy(), values.numpy(), int(cols))
-
-
-def csr_linear_eager(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
-                     values: torch.Tensor, bias: torch.Tensor | None, cols: int,
-                     kernel: str = "") -> tuple[torch.Tensor, bool]:
-    """``csr_linear`` without the custom-op wrapper, also returning whether x held NaN/Inf.
-
-    The flag comes from a scan inside the extension, so callers can match dense semantics for
-    non-finite inputs without a second pass over x in Python. Not traceable.
-    """
-    arrays = weight_arrays(row_ptr, col_idx, values, bias)
-    return csr_linear_arrays(x, arrays, row_ptr.shape[0] - 1, cols, kernel)
-
-
-def csr_linear_arrays(x: torch.Tensor, arrays: tuple, rows: int, cols: int,
-                      kernel: str = "", sell: object | None = None) -> tuple[torch.Tensor, bool]:
-    """``csr_linear_eager`` on NumPy views made once by ``weight_arrays``.
-
-    ``SparseLinear`` caches the views: converting four tensors costs several microseconds a
-    call, more than a small layer's kernel. The output is allocated by NumPy and wrapped without
-    a copy (cheaper than ``torch.empty`` + ``.numpy()``).
-
-    Args:
-        sell: the weight's ``prepack_sell`` result, used for batch panels of >= 16 rows.
-    """
-    y = np.empty((x.shape[0], rows), dtype=np.float32)
-    rp, ci, v, b = arrays
-    nonfinite = _C.csr_linear(rp, ci, v, cols, x.numpy(), b, y, get_num_threads(), kernel, sell)
+    y = np.empty((x.shape[0], native.rows + out_cols_pad), dtype=np.float32)
+    out = y[:, : native.rows] if out_cols_pad else y
+    nonfinite = _C.linear(native, x.numpy(), None if bias is None else bias.numpy(), out,
+                          get_num_threads(), plan)
     return torch.from_numpy(y), nonfinite
 
 
-# Batches at least this large use the K-blocked SELL-C kernels (when a pack is given): below it
-# only CSR panels or SpMV would run, so the second copy of the weight is not built.
-SELL_MIN_BATCH = 4
+class _NativeCache:
+    """Native weights built by the custom op, keyed by the identity and version of the buffers
+    they came from, so a traced graph validates its constant buffers once, not every call."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple, object] = {}
+        self._size = size
+
+    @staticmethod
+    def key(format_id, rows, cols, params, tensors) -> tuple:
+        ids = tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version, t.numel())
+                    for t in tensors)
+        return (format_id, rows, cols, tuple(params), ids)
+
+    def get(self, format_id, rows, cols, params, names, tensors) -> object:
+        k = self.key(format_id, rows, cols, params, tensors)
+        with self._lock:
+            hit = self._items.get(k)
+        if hit is not None and hit[1] == [id(t) for t in tensors]:
+            return hit[0]
+        arrays = {n: t.detach().contiguous().numpy() for n, t in zip(names, tensors, strict=True)}
+        native = make_weight(format_id, rows, cols, params, arrays)
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.pop(next(iter(self._items)))
+            # Holding the tensors keeps their ids from being reused by other tensors.
+            self._items[k] = (native, [id(t) for t in tensors], list(tensors))
+        return native
 
 
-def prepack_sell(arrays: tuple, cols: int) -> object:
-    """The K-blocked SELL-C copy of a validated CSR weight (``weight_arrays`` views).
+_cache = _NativeCache()
 
-    About 5 bytes per nonzero (+ ~1-2 % padding). Derived data: never stored in a state_dict.
-    """
-    rp, ci, v, _ = arrays
-    return _C.prepack_sell(rp, ci, v, cols)
-
-
-def weight_arrays(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
-                  bias: torch.Tensor | None) -> tuple:
-    """Zero-copy NumPy views of packed CSR buffers (and bias), as the extension takes them."""
-    return (row_ptr.numpy(), col_idx.numpy(), values.numpy(),
-            None if bias is None else bias.numpy())
+def register_native(format_id: int, buffers: Sequence[str], native: str) -> None:
+    """Called once per format (by ``formats.register_format``): its canonical buffer order and
+    the name of its native class in ``_C``."""
+    _BUFFER_NAMES[int(format_id)] = tuple(buffers)
+    _NATIVE[int(format_id)] = getattr(_C, native)
 
 
-def _csr_linear_impl(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
-                     values: torch.Tensor, bias: torch.Tensor | None, cols: int,
-                     kernel: str) -> torch.Tensor:
-    return csr_linear_eager(x, row_ptr, col_idx, values, bias, cols, kernel)[0]
+def _linear_impl(x: torch.Tensor, format_id: int, rows: int, cols: int, params: list[int],
+                 tensors: list[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+    names = _BUFFER_NAMES.get(int(format_id))
+    if names is None or len(names) != len(tensors):
+        raise ValueError(f"sparseprune::linear: format id {format_id} with {len(tensors)} "
+                         "buffers is not a known packed format")
+    if x.dim() != 2 or x.dtype != torch.float32 or x.shape[1] != cols:
+        raise ValueError(f"sparseprune::linear: x must be [B, {cols}] float32, got "
+                         f"{x.dtype} {tuple(x.shape)}")
+    if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (rows,)):
+        raise ValueError(f"sparseprune::linear: bias must be float32 [{rows}]")
+    native = _cache.get(int(format_id), rows, cols, params, names, tensors)
+    b = None if bias is None else bias.detach().contiguous()
+    return linear_eager(x.contiguous(), native, b)[0]
 
 
-def csr_linear(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor,
-               values: torch.Tensor, bias: torch.Tensor | None, cols: int,
-               kernel: str = "") -> torch.Tensor:
-    """y = x Wᵀ + bias with W [rows, cols] in CSR.
+def _register_custom_op():
+    custom_op = getattr(torch.library, "custom_op", None)  # torch >= 2.4
+    if custom_op is None:
+        return _linear_impl
 
-    Eager calls validate the CSR data in full first (O(nnz)); ``SparseLinear`` avoids that cost by
-    validating once and calling the trusted internals. Traced calls (the custom op) trust it.
+    @custom_op("sparseprune::linear", mutates_args=(), device_types="cpu")
+    def op(x: torch.Tensor, format_id: int, rows: int, cols: int, params: list[int],
+           tensors: list[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+        return _linear_impl(x, format_id, rows, cols, params, tensors, bias)
+
+    @op.register_fake
+    def _(x, format_id, rows, cols, params, tensors, bias):
+        return x.new_empty((x.shape[0], rows))
+
+    return op
+
+
+linear_op = _register_custom_op()
+
+
+def linear(x: torch.Tensor, format_id: int, shape: tuple[int, int], params: Sequence[int],
+           tensors: Sequence[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x Wᵀ + bias from a format's canonical buffers (validated before any kernel runs).
+
+    The traceable entry point (``torch.compile`` / ``torch.export`` see one custom op); eager
+    callers with a packed module use its native weight directly instead.
 
     Args:
-        x: [B, cols] float32, contiguous, CPU.
-        row_ptr: [rows + 1] int64. col_idx: [nnz] uint16 or int32. values: [nnz] float32.
-        bias: [rows] float32 or None.
-        cols: input features.
-        kernel: '' for the automatic choice, else a variant name from ``list_kernels()`` that
-            then handles every batch row (tests and benchmarks use this).
-
-    Returns:
-        [B, rows] float32.
+        x: [B, cols] float32 CPU.
+        format_id: the format's ``FORMAT_ID``. shape: (rows, cols). params: format parameters.
+        tensors: the format's ``BUFFERS`` in order. bias: [rows] float32 or None.
     """
-    if kernel or not is_tracing():
-        # Eager calls skip the custom-op dispatcher: it costs ~30 us a call, more than a small
-        # layer's whole kernel.
-        problem = validate_csr(row_ptr, col_idx, values, cols)
-        if problem:
-            raise ValueError(f"csr_linear: invalid CSR data: {problem}")
-        return _csr_linear_impl(x, row_ptr, col_idx, values, bias, cols, kernel)
-    return _csr_linear_op(x, row_ptr, col_idx, values, bias, cols)
+    return linear_op(x, int(format_id), int(shape[0]), int(shape[1]), [int(p) for p in params],
+                     list(tensors), bias)
 
 
 _compiler = getattr(torch, "compiler", None)
@@ -173,25 +224,3 @@ _is_exporting = getattr(_compiler, "is_exporting", lambda: False)
 def is_tracing() -> bool:
     """True under ``torch.compile`` / ``torch.export`` tracing (the custom op must be used)."""
     return _is_compiling() or _is_exporting()
-
-
-def _register_custom_op():
-    """Wraps the automatic-choice path as a torch.library custom op where torch supports it."""
-    custom_op = getattr(torch.library, "custom_op", None)  # torch >= 2.4
-    if custom_op is None:
-        return lambda x, row_ptr, col_idx, values, bias, cols: _csr_linear_impl(
-            x, row_ptr, col_idx, values, bias, cols, "")
-
-    @custom_op("sparseprune::csr_linear", mutates_args=(), device_types="cpu")
-    def op(x: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
-           bias: torch.Tensor | None, cols: int) -> torch.Tensor:
-        return _csr_linear_impl(x, row_ptr, col_idx, values, bias, cols, "")
-
-    @op.register_fake
-    def _(x, row_ptr, col_idx, values, bias, cols):
-        return x.new_empty((x.shape[0], row_ptr.shape[0] - 1))
-
-    return op
-
-
-_csr_linear_op = _register_custom_op()

@@ -16,7 +16,7 @@ def reference_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -
 
 
 def assert_close_linear(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
-                        b: torch.Tensor | None) -> None:
+                        b: torch.Tensor | None, label: str = "") -> None:
     """fp32 error bound scaled by K: |y - ref| <= 1e-5 sqrt(K) (|x| |W|ᵀ + |b|) + 1e-6."""
     ref = reference_linear(x, w, b)
     k = max(1, x.shape[-1])
@@ -29,6 +29,11 @@ def assert_close_linear(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     finite = torch.isfinite(ref)
     err = (y.double() - ref).abs()
     bad = finite & ~(err <= bound)  # NaN errors count as bad
-    assert not bad.any(), f"max excess error {(err - bound)[finite].max().item():.3e}"
+    if bad.any():
+        r, c = (int(i) for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{label}: y[{r}, {c}] (batch row {r}, output {c}) = {y[r, c].item():.6g}, expected "
+            f"{ref[r, c].item():.6g} (bound {bound[r, c].item():.2e}); {int(bad.sum())} bad "
+            "entries")
     # Non-finite references must be matched exactly in kind (NaN / +Inf / -Inf).
     assert torch.equal(torch.isnan(y[~finite]), torch.isnan(ref[~finite]))

@@ -12,7 +12,10 @@ uint32_t cpu_isa_mask() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) m |= kIsaAvx2;
-    if ((m & kIsaAvx2) && __builtin_cpu_supports("avx512f")) m |= kIsaAvx512;
+    // AVX-512 rows are compiled with F, BW, DQ and VL (Skylake-X, Ice Lake, Zen 4 and later).
+    if ((m & kIsaAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+      m |= kIsaAvx512;
 #endif
     return m;
   }();

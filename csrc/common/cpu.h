@@ -9,7 +9,7 @@ namespace sparseprune {
 enum Isa : uint32_t {
   kIsaScalar = 1u << 0,  // portable C++, any x86-64 (or any CPU at all)
   kIsaAvx2 = 1u << 1,    // AVX2 + FMA3
-  kIsaAvx512 = 1u << 2,  // AVX-512F (reserved: no variant yet)
+  kIsaAvx512 = 1u << 2,  // AVX-512 F + BW + DQ + VL (and AVX2 + FMA)
 };
 
 // ISAs the running CPU supports (always includes kIsaScalar).

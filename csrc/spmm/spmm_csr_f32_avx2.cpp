@@ -6,17 +6,17 @@
 // chains are in flight (FMA latency 4-5 cycles x 2 pipes); they are summed once per row.
 #include <immintrin.h>
 
-#include "spmm_kernels.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 namespace {
 
 template <int MR, int U, typename Idx>
-void run(const CsrMatrix& w, const float* panel, int64_t nvalid, const float* bias, float* y,
+void run(const CsrWeight& w, const float* panel, int64_t nvalid, const float* bias, float* y,
          int64_t ldy, int64_t r0, int64_t r1) {
   constexpr int V = MR / 8;  // ymm vectors per panel row
-  const Idx* ci = static_cast<const Idx*>(w.col_idx);
-  const float* v = w.values;
+  const Idx* ci = static_cast<const Idx*>(w.col_idx());
+  const float* v = w.values.data();
   alignas(32) float out[MR];
   for (int64_t o = r0; o < r1; ++o) {
     int64_t j = w.row_ptr[o];
@@ -50,7 +50,7 @@ void run(const CsrMatrix& w, const float* panel, int64_t nvalid, const float* bi
 }
 
 template <int MR, int U>
-void dispatch_idx(const CsrMatrix& w, const float* panel, int64_t nvalid, const float* bias,
+void dispatch_idx(const CsrWeight& w, const float* panel, int64_t nvalid, const float* bias,
                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
   if (w.index_bits == 16) {
     run<MR, U, uint16_t>(w, panel, nvalid, bias, y, ldy, r0, r1);
@@ -61,12 +61,12 @@ void dispatch_idx(const CsrMatrix& w, const float* panel, int64_t nvalid, const 
 
 }  // namespace
 
-void spmm_csr_f32_8x1_avx2(const CsrMatrix& w, const float* panel, int64_t nvalid,
+void spmm_csr_f32_8x1_avx2(const CsrWeight& w, const float* panel, int64_t nvalid, int64_t /*ldx*/,
                            const float* bias, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   dispatch_idx<8, 8>(w, panel, nvalid, bias, y, ldy, r0, r1);
 }
 
-void spmm_csr_f32_16x1_avx2(const CsrMatrix& w, const float* panel, int64_t nvalid,
+void spmm_csr_f32_16x1_avx2(const CsrWeight& w, const float* panel, int64_t nvalid, int64_t /*ldx*/,
                             const float* bias, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   dispatch_idx<16, 4>(w, panel, nvalid, bias, y, ldy, r0, r1);
 }

@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "spmm_sell_kernels.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 
@@ -14,7 +14,7 @@ namespace {
 
 // V ymm vectors per panel row (MR = 8 V). 4 lockstep rows x V accumulators = 4 V FMA chains.
 template <int V>
-void run(const SellPack& w, const float* panel, int64_t nvalid, const float* bias, float* y,
+void run(const SellWeight& w, const float* panel, int64_t nvalid, const float* bias, float* y,
          int64_t ldy, int64_t rb0, int64_t rb1) {
   constexpr int MR = 8 * V;
   static_assert(kSellChunk == 4, "the unrolled body below assumes 4 rows per chunk");
@@ -77,13 +77,13 @@ void run(const SellPack& w, const float* panel, int64_t nvalid, const float* bia
 
 }  // namespace
 
-void spmm_sell_f32_16x4_avx2(const SellPack& w, const float* panel, int64_t nvalid,
+void spmm_sell_f32_16x4_avx2(const SellWeight& w, const float* panel, int64_t nvalid, int64_t /*ldx*/,
                              const float* bias, float* y, int64_t ldy, int64_t rb0,
                              int64_t rb1) {
   run<2>(w, panel, nvalid, bias, y, ldy, rb0, rb1);
 }
 
-void spmm_sell_f32_8x4_avx2(const SellPack& w, const float* panel, int64_t nvalid,
+void spmm_sell_f32_8x4_avx2(const SellWeight& w, const float* panel, int64_t nvalid, int64_t /*ldx*/,
                             const float* bias, float* y, int64_t ldy, int64_t rb0, int64_t rb1) {
   run<1>(w, panel, nvalid, bias, y, ldy, rb0, rb1);
 }

@@ -1,11 +1,11 @@
 // SpMM over the SELL-C layout, portable C++: the reference every CPU can run.
 #include <algorithm>
 
-#include "spmm_sell_kernels.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 
-void spmm_sell_f32_8x4_scalar(const SellPack& w, const float* panel, int64_t nvalid,
+void spmm_sell_f32_8x4_scalar(const SellWeight& w, const float* panel, int64_t nvalid, int64_t /*ldx*/,
                               const float* bias, float* y, int64_t ldy, int64_t rb0,
                               int64_t rb1) {
   constexpr int MR = 8;

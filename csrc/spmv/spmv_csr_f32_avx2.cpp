@@ -4,7 +4,7 @@
 // scalar loads plus inserts.
 #include <immintrin.h>
 
-#include "spmv_kernels.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 namespace {
@@ -24,10 +24,10 @@ inline float hsum(__m256 v) {
 }
 
 template <typename Idx>
-void run(const CsrMatrix& w, const float* x, const float* bias, float* y, int64_t r0,
+void run(const CsrWeight& w, const float* x, const float* bias, float* y, int64_t r0,
          int64_t r1) {
-  const Idx* ci = static_cast<const Idx*>(w.col_idx);
-  const float* v = w.values;
+  const Idx* ci = static_cast<const Idx*>(w.col_idx());
+  const float* v = w.values.data();
   for (int64_t o = r0; o < r1; ++o) {
     int64_t j = w.row_ptr[o];
     const int64_t end = w.row_ptr[o + 1];
@@ -51,12 +51,14 @@ void run(const CsrMatrix& w, const float* x, const float* bias, float* y, int64_
 
 }  // namespace
 
-void spmv_csr_f32_avx2(const CsrMatrix& w, const float* x, const float* bias, float* y,
-                       int64_t r0, int64_t r1) {
-  if (w.index_bits == 16) {
-    run<uint16_t>(w, x, bias, y, r0, r1);
-  } else {
-    run<int32_t>(w, x, bias, y, r0, r1);
+void spmv_csr_f32_avx2(const CsrWeight& w, const float* x, int64_t nvalid, int64_t ldx,
+                     const float* bias, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t b = 0; b < nvalid; ++b, x += ldx, y += ldy) {
+    if (w.index_bits == 16) {
+      run<uint16_t>(w, x, bias, y, r0, r1);
+    } else {
+      run<int32_t>(w, x, bias, y, r0, r1);
+    }
   }
 }
 

@@ -6,7 +6,7 @@
 
 #include <cstring>
 
-#include "spmv_kernels.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 namespace {
@@ -61,10 +61,10 @@ inline float hsum(__m256 v) {
 }
 
 template <typename Idx>
-void run(const CsrMatrix& w, const float* x, const float* bias, float* y, int64_t r0,
+void run(const CsrWeight& w, const float* x, const float* bias, float* y, int64_t r0,
          int64_t r1) {
-  const Idx* ci = static_cast<const Idx*>(w.col_idx);
-  const float* v = w.values;
+  const Idx* ci = static_cast<const Idx*>(w.col_idx());
+  const float* v = w.values.data();
   // A masked chunk reads 8 indices, so it is used only where that stays inside the arrays.
   const int64_t masked_ok = w.row_ptr[w.rows] - 8;
   for (int64_t o = r0; o < r1; ++o) {
@@ -102,12 +102,14 @@ void run(const CsrMatrix& w, const float* x, const float* bias, float* y, int64_
 
 }  // namespace
 
-void spmv_csr_f32_mgather_avx2(const CsrMatrix& w, const float* x, const float* bias, float* y,
-                               int64_t r0, int64_t r1) {
-  if (w.index_bits == 16) {
-    run<uint16_t>(w, x, bias, y, r0, r1);
-  } else {
-    run<int32_t>(w, x, bias, y, r0, r1);
+void spmv_csr_f32_mgather_avx2(const CsrWeight& w, const float* x, int64_t nvalid, int64_t ldx,
+                             const float* bias, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t b = 0; b < nvalid; ++b, x += ldx, y += ldy) {
+    if (w.index_bits == 16) {
+      run<uint16_t>(w, x, bias, y, r0, r1);
+    } else {
+      run<int32_t>(w, x, bias, y, r0, r1);
+    }
   }
 }
 

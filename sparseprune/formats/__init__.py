@@ -1,5 +1,19 @@
-"""Packed sparse weight formats (packing, unpacking, validation; no kernels)."""
+"""Packed sparse weight formats (packing, unpacking, validation; no kernels).
 
-from .csr import CSR
+``FORMATS`` maps a name to its ``PackedWeight`` class; ``parse_header`` reads the header every
+packed weight carries.
+"""
 
-__all__ = ["CSR"]
+from .base import (
+           FORMATS,
+           HEADER_LEN,
+           MAGIC,
+           PackedWeight,
+           format_by_id,
+           parse_header,
+           register_format,
+)
+from .csr import CSR, SELL
+
+__all__ = ["CSR", "FORMATS", "HEADER_LEN", "MAGIC", "PackedWeight", "SELL", "format_by_id",
+           "parse_header", "register_format"]

@@ -18,13 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from .._timing import interleaved
-from ..formats import CSR
+from .._weights import masked
+from ..formats import parse_header
 from ..pruning.summary import LayerSummary, tensor_bytes
 
 __all__ = ["LayerInfo", "ModelFileError", "convert_file", "inspect_state", "load_model_file",
            "read_model_file"]
 
-_PACKED = ("row_ptr", "col_idx", "values", "format_header")
+_HEADER = "format_header"
 
 
 class ModelFileError(ValueError):
@@ -154,38 +155,57 @@ def effective_weights(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if key.endswith("_orig"):
             base = key[: -len("_orig")]
             mask = state.get(base + "_mask")
-            out[base] = value * mask if mask is not None else value
+            out[base] = masked(value, mask)
         else:
             out[key] = value
     return out
 
 
-def inspect_state(state: Mapping[str, Tensor]) -> list[LayerInfo]:
-    """Per weight (``*.weight`` with 2+ dims, and packed ``SparseLinear`` layers) of a state_dict.
+def _packed_layers(state: Mapping[str, Tensor]) -> dict[str, object]:
+    """``{prefix: PackedWeight}`` for every packed layer of a state_dict, each validated in full
+    (a tampered entry raises ValueError naming the layer, before anything reports on it)."""
+    out = {}
+    for key, header in state.items():
+        if key != _HEADER and not key.endswith("." + _HEADER):
+            continue
+        prefix = key[: -len(_HEADER)].rstrip(".")
+        where = prefix or "(root)"
+        cls, shape, params = parse_header(header, name=where)
+        dot = prefix + "." if prefix else ""
+        missing = [b for b in cls.BUFFERS if dot + b not in state]
+        if missing:
+            raise ValueError(f"{where}: packed {cls.NAME} weight without {missing}")
+        out[prefix] = cls.from_tensors({b: state[dot + b] for b in cls.BUFFERS}, shape, params,
+                                       name=where)
+    return out
 
-    Packed size is the CSR estimate of :func:`sparseprune.summary` (the smaller of CSR and dense).
+
+def inspect_state(state: Mapping[str, Tensor]) -> list[LayerInfo]:
+    """Per weight (``*.weight`` with 2+ dims, and packed layers) of a state_dict.
+
+    Packed layers are validated first and reported with their real packed bytes; for dense
+    weights the packed size is the CSR estimate of :func:`sparseprune.summary`.
     """
     rows = []
+    packed = _packed_layers(state)
+    packed_keys = {(p + "." if p else "") + b for p, w in packed.items()
+                   for b in (*w.BUFFERS, _HEADER)}
+    for prefix, w in packed.items():
+        nnz = int((w.to_dense() != 0).sum())
+        rows.append(LayerInfo(
+            name=prefix or "(root)", param="weight", type="SparseLinear", shape=w.shape,
+            params=w.rows * w.cols, nonzeros=nnz, pattern=f"packed {w.NAME}",
+            dense_bytes=w.rows * w.cols * 4, packed_bytes=w.nbytes))
     for key, w in effective_weights(state).items():
-        prefix = key.rpartition(".")[0]
-        if key.endswith(".values") and all(f"{prefix}.{p}" in state for p in _PACKED):
-            row_ptr = state[f"{prefix}.row_ptr"]
-            shape = CSR.shape_from_header(state[f"{prefix}.format_header"], name=prefix)
-            packed = sum(state[f"{prefix}.{p}"].numel() * state[f"{prefix}.{p}"].element_size()
-                         for p in _PACKED[:3])
-            rows.append(LayerInfo(
-                name=prefix, param="weight", type="SparseLinear", shape=tuple(shape),
-                params=shape[0] * shape[1], nonzeros=int(w.numel()),
-                pattern=f"packed CSR ({row_ptr.numel() - 1} rows)",
-                dense_bytes=shape[0] * shape[1] * w.element_size(), packed_bytes=packed))
+        if key in packed_keys:
             continue
         if not (key == "weight" or key.endswith(".weight")) or w.dim() < 2:
             continue
-        nnz, dense, packed = tensor_bytes(w)
+        nnz, dense, packed_bytes = tensor_bytes(w)
         rows.append(LayerInfo(
             name=key.rpartition(".")[0] or key, param="weight", type="", shape=tuple(w.shape),
             params=w.numel(), nonzeros=nnz, pattern=_pattern(w), dense_bytes=dense,
-            packed_bytes=packed))
+            packed_bytes=packed_bytes))
     return rows
 
 
@@ -217,7 +237,7 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
     A whole module (``unsafe=True``) goes through :func:`sparseprune.convert` and is saved as a
     module. A state_dict's 2-D ``*.weight`` tensors (masks folded) are packed as ``nn.Linear``
     weights (``exclude`` others, e.g. embeddings) and saved as a state_dict that a converted model
-    loads (``SparseLinear`` keys: ``values``, ``col_idx``, ``row_ptr``, ``format_header``).
+    loads (``SparseLinear`` keys: ``format_header`` and the format's buffers).
     Each packed layer is timed against dense ``F.linear`` at ``batches``.
     """
     from ..convert import convert
@@ -238,6 +258,7 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
         if others:
             lines.append(f"non-tensor state entries (kept in the module): {_names(others)}")
     else:
+        _packed_layers(state)  # packed entries are validated before anything is written
         weights = effective_weights(state)
         names = [k.rpartition(".")[0] for k, w in weights.items()
                  if (k.endswith(".weight") or k == "weight") and w.dim() == 2]
@@ -273,7 +294,7 @@ def convert_file(path: str | os.PathLike, out: str | os.PathLike, *, unsafe: boo
                     new[f"{prefix}.{k}" if prefix else k] = v
                 done.update({key, f"{prefix}.bias" if prefix else "bias"})
                 timings.append((prefix, lin, packed))
-                result = f"csr[{str(packed.col_idx.dtype)[6:]}]"
+                result = packed.format
             lines.append(f"{prefix or '(root)':<32} {'x'.join(map(str, w.shape)):<14} "
                          f"{sparsity:>8.3f}  {result}")
         for key, value in state.items():  # everything else as it was, masks folded
@@ -312,11 +333,11 @@ def _names(others: Mapping[str, object]) -> str:
 
 def _as_linear(module: nn.Module) -> nn.Linear:
     """A plain dense copy (masks folded) of a Linear, for the dense timing."""
-    from ..nn.linear import dense_weight_of
+    from .._weights import effective_weight
 
     lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
     with torch.no_grad():
-        lin.weight.copy_(dense_weight_of(module))
+        lin.weight.copy_(effective_weight(module))
         if module.bias is not None:
             lin.bias.copy_(module.bias.detach())
     return lin

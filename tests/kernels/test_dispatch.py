@@ -10,60 +10,78 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparseprune import ops
+from sparseprune.formats import CSR, FORMATS, SELL
 
 from .linear_case import LinearCase
 
+FORMATS_RUN = [f for f in FORMATS if any(k["format"] == f for k in ops.list_kernels())]
 
-@pytest.mark.parametrize("sell", [False, True])
+
+@pytest.mark.parametrize("fmt", FORMATS_RUN)
 @pytest.mark.parametrize("m", [0, 1, 3, 4, 8, 17, 64])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
-def test_auto_batches_and_sparsities(m, sparsity, sell):
-    LinearCase(m=m, n=67, k=301, sparsity=sparsity, sell=sell).check("")
+def test_auto_batches_and_sparsities(m, sparsity, fmt):
+    LinearCase(m=m, n=67, k=301, sparsity=sparsity).check("", fmt)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(m=st.integers(0, 70), n=st.integers(0, 90), k=st.integers(1, 300),
        sparsity=st.sampled_from([0.0, 0.3, 0.8, 0.95, 1.0]), bias=st.booleans(),
-       empty_rows=st.booleans(), seed=st.integers(0, 2**16))
-def test_auto_random_shapes(m, n, k, sparsity, bias, empty_rows, seed):
-    LinearCase(m, n, k, sparsity, bias, empty_rows, seed, sell=m % 2 == 0).check("")
+       empty_rows=st.booleans(), seed=st.integers(0, 2**16), fmt=st.sampled_from(FORMATS_RUN))
+def test_auto_random_shapes(m, n, k, sparsity, bias, empty_rows, seed, fmt):
+    LinearCase(m, n, k, sparsity, bias, empty_rows, seed).check("", fmt)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 7])
-def test_threads_give_the_same_result(threads):
-    # n = 1000: 8 row blocks, so every thread count here keeps the SELL-C path.
-    case = LinearCase(m=33, n=1000, k=700, sparsity=0.8, sell=True)
+@pytest.mark.parametrize("fmt", FORMATS_RUN)
+def test_threads_give_the_same_result(threads, fmt):
+    # n = 1000: 8 SELL row blocks, so every thread count here splits the work.
+    case = LinearCase(m=33, n=1000, k=700, sparsity=0.8)
     ops.set_num_threads(threads)
     try:
-        case.check("")
+        case.check("", fmt)
         x, w, b = case.make()
-        from sparseprune.formats import CSR
-
-        csr = CSR.from_dense(w)
-        arrays = ops.weight_arrays(csr.row_ptr, csr.col_idx, csr.values, b)
-        sell = ops.prepack_sell(arrays, case.k)
-        y_t, _ = ops.csr_linear_arrays(x, arrays, case.n, case.k, sell=sell)
+        packed = FORMATS[fmt].from_dense(w, params=(2, 4) if fmt == "nm" else
+                                         (4, 1) if fmt == "bsr" else ())
+        if fmt in ("nm", "bsr"):
+            return  # the pattern cases check these; here only the thread split matters
+        y_t, _ = ops.linear_eager(x, packed.native, b)
         ops.set_num_threads(1)
-        y_1, _ = ops.csr_linear_arrays(x, arrays, case.n, case.k, sell=sell)
+        y_1, _ = ops.linear_eager(x, packed.native, b)
         # Rows are split between threads, never the sum inside a row: results are bitwise equal.
         assert torch.equal(y_t, y_1)
     finally:
         ops.set_num_threads(None)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, ops.MAX_THREADS + 1, 2**31])
 def test_set_num_threads_rejects_bad_values(bad):
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="set_num_threads expects an int"):
         ops.set_num_threads(bad)
 
 
-def test_unknown_kernel_name_is_a_clear_error():
-    x = torch.randn(2, 4)
-    from sparseprune.formats import CSR
-
-    csr = CSR.from_dense(torch.eye(4))
+def test_unknown_or_foreign_kernel_names_are_clear_errors():
     with pytest.raises(ValueError, match="unknown kernel 'nope'"):
-        ops.csr_linear(x, csr.row_ptr, csr.col_idx, csr.values, None, 4, kernel="nope")
+        ops.make_plan(CSR.FORMAT_ID, ["nope"])
+    sell_row = next(k["name"] for k in ops.list_kernels() if k["format"] == "sell")
+    with pytest.raises(ValueError, match="runs sell weights, not csr"):
+        ops.make_plan(CSR.FORMAT_ID, [sell_row])
+    with pytest.raises(ValueError, match="at least one kernel"):
+        ops.make_plan(CSR.FORMAT_ID, [])
+
+
+def test_a_plan_only_runs_with_its_own_format():
+    plan = ops.make_plan(SELL.FORMAT_ID, [next(k["name"] for k in ops.list_kernels()
+                                               if k["format"] == "sell")])
+    csr = CSR.from_dense(torch.eye(16))
+    with pytest.raises(ValueError, match="runs sell weights, not csr"):
+        ops.linear_eager(torch.randn(16, 16), csr.native, None, plan)
+
+
+def test_dispatch_log_names_every_format():
+    log = ops.dispatch_log()
+    for fmt in FORMATS_RUN:
+        assert f"{fmt}: spmv=" in log
 
 
 def _defaults_under(isa: str) -> list[str]:
@@ -92,22 +110,12 @@ def test_auto_paths_under_the_scalar_cap():
     assert " passed" in out.stdout and "failed" not in out.stdout
 
 
-def test_a_sell_pack_only_runs_with_its_own_weight():
-    from sparseprune.formats import CSR
-
-    a, b = CSR.from_dense(torch.eye(16)), CSR.from_dense(2 * torch.eye(16))
-    arrays_a = ops.weight_arrays(a.row_ptr, a.col_idx, a.values, None)
-    arrays_b = ops.weight_arrays(b.row_ptr, b.col_idx, b.values, None)
-    pack_b = ops.prepack_sell(arrays_b, 16)
-    with pytest.raises(ValueError, match="different weight"):
-        ops.csr_linear_arrays(torch.randn(16, 16), arrays_a, 16, 16, sell=pack_b)
-
-
-def test_public_csr_linear_validates_its_input():
+def test_public_linear_op_validates_its_input():
     row_ptr = torch.tensor([0, 1, 2])
     col_idx = torch.tensor([0, 9], dtype=torch.uint16)
     with pytest.raises(ValueError, match="out of range"):
-        ops.csr_linear(torch.randn(2, 4), row_ptr, col_idx, torch.ones(2), None, 4)
+        ops.linear(torch.randn(2, 4), CSR.FORMAT_ID, (2, 4), (), [row_ptr, col_idx, torch.ones(2)],
+                   None)
 
 
 def test_isa_cap_avx2_matches_cpu():

@@ -1,18 +1,20 @@
-"""Every compiled SpMV variant against dense torch on the named edge cases."""
+"""Every compiled SpMV row (every format) against dense torch on the named edge cases."""
 
 import pytest
 
-from .linear_case import EDGE_CASES, expected_isas, kernels_of
-
-SPMV = [k["name"] for k in kernels_of("spmv")]
+from .family import check_table, pattern_cases, row_cases
+from .linear_case import EDGE_CASES
 
 
 def test_table_has_scalar_and_simd_rows():
-    isas = {k["isa"] for k in kernels_of("spmv")}
-    assert expected_isas() <= isas
+    check_table("spmv")
 
 
-@pytest.mark.parametrize("case", list(EDGE_CASES), ids=str)
-@pytest.mark.parametrize("kernel", SPMV)
-def test_spmv_variant(kernel, case):
+@pytest.mark.parametrize(("kernel", "case"), row_cases("spmv"))
+def test_spmv_row(kernel, case):
     EDGE_CASES[case].check(kernel)
+
+
+@pytest.mark.parametrize(("kernel", "case"), pattern_cases("spmv"))
+def test_spmv_row_on_patterns(kernel, case):
+    case.check(kernel)

@@ -12,7 +12,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "csr.h"
+#include "../common/linear_fn.h"
+#include "csr_weight.h"
 
 namespace sparseprune {
 
@@ -21,11 +22,15 @@ constexpr int kSellColBlock = 256;  // columns per tile: offsets fit in uint8
 constexpr int kSellChunk = 4;       // rows in lockstep
 static_assert(kSellColBlock <= 256, "column offsets within a block are stored as uint8");
 
-struct SellPack {
+// Owns its arrays; the only copy of the weight at run time (no CSR kept beside it). Units are
+// row blocks of kSellRowBlock rows.
+struct SellWeight {
+  static constexpr Format kFormat = Format::kSell;
+
+  // Built from validated CSR, so the result needs no further check.
+  explicit SellWeight(const CsrWeight& w);
+
   int64_t rows = 0, cols = 0, nnz = 0;
-  // The CSR buffers it was built from: a pack is only used with exactly those.
-  const void* source_values = nullptr;
-  const void* source_row_ptr = nullptr;
   int64_t row_blocks = 0, col_blocks = 0;
   // Chunks of tile t = rb * col_blocks + kb are [tile_chunk[t], tile_chunk[t + 1]).
   std::vector<int64_t> tile_chunk;
@@ -37,18 +42,23 @@ struct SellPack {
   // kb * kSellColBlock + offsets[s * kSellChunk + i]. Padding: value 0, offset 0.
   std::vector<float> values;
   std::vector<uint8_t> offsets;
-  // Nonzeros (+ padding) of each row block, to balance threads.
-  std::vector<int64_t> row_block_cost;
+  // Prefix sums of the nonzeros (+ padding, + a per-row cost) of the row blocks, to balance
+  // threads: [row_blocks + 1].
+  std::vector<int64_t> cost_prefix;
 
+  int64_t units() const { return row_blocks; }
+  static constexpr int64_t unit_rows() { return kSellRowBlock; }
+  int64_t unit_cost(int64_t u) const { return cost_prefix[u]; }
   int64_t nbytes() const;
+
+  // The canonical CSR arrays back (int32 columns). Padding is dropped, and so are stored values
+  // that are exactly zero (they cannot be told from padding; they never change a result).
+  void to_csr(std::vector<int64_t>& row_ptr, std::vector<int32_t>& col_idx,
+              std::vector<float>& values) const;
 };
 
-SellPack prepack_sell(const CsrMatrix& w);
-
-// Rows [rb0 * kSellRowBlock, min(rb1 * kSellRowBlock, rows)) of y for one panel of MR batch rows
-// (panel[k * MR + r] = x[r, k], zero for r >= nvalid). Padding multiplies 0 by panel entries, so
+// Kernels (LinearFn<SellWeight>) write rows [rb0 * kSellRowBlock, min(rb1 * kSellRowBlock,
+// rows)) of y for one panel of MR batch rows (panel[k * MR + r] = x[r, k], zero for r >= nvalid). Padding multiplies 0 by panel entries, so
 // a NaN/Inf in x may reach rows that have no weight on it (callers fix non-finite rows anyway).
-using SellFn = void (*)(const SellPack& w, const float* panel, int64_t nvalid, const float* bias,
-                        float* y, int64_t ldy, int64_t rb0, int64_t rb1);
 
 }  // namespace sparseprune

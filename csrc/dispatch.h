@@ -1,0 +1,31 @@
+// Kernel selection, in one place: per weight format, an ordered candidate list from the tables
+// (filtered by the CPU and the SPARSEPRUNE_ISA cap), the default plan built from it, and plans
+// built from kernel names (so convert() can store a measured per-layer choice).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "linear/driver.h"
+
+namespace sparseprune {
+
+// The default plan of format W: the first runnable spmv row, and per panel width the first
+// runnable spmm row, widest first. Chosen once; logged to stderr when SPARSEPRUNE_LOG=1.
+template <class W>
+const LinearPlan<W>& default_plan();
+
+// A plan of exactly the named rows (spmv rows and/or spmm rows of format W). Throws
+// std::invalid_argument naming the row when it is unknown, of another format, or not runnable
+// on this CPU.
+template <class W>
+LinearPlan<W> plan_from_names(const std::vector<std::string>& names);
+
+// The names in a plan (spmv first, then panels widest first).
+template <class W>
+std::vector<std::string> plan_names(const LinearPlan<W>& plan);
+
+// One line per format: what the default plans chose, e.g. "csr: spmv=..., spmm=[...]".
+std::string dispatch_log();
+
+}  // namespace sparseprune
