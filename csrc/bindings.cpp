@@ -7,6 +7,8 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <optional>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <variant>
@@ -41,12 +43,22 @@ void require(bool ok, const std::string& msg) {
   if (!ok) throw py::value_error(msg);
 }
 
-// A 1-D C-contiguous array of T (checked before anything is read or copied).
+// A 1-D C-contiguous numpy array of T, borrowed (checked before anything is read or copied).
+// Only real ndarrays are taken: converting another object would make a temporary whose data
+// dies before the constructor reads it.
 template <typename T>
-const T* vec(const py::array& a, const char* what, const char* type) {
+struct Vec {
+  const T* data;
+  int64_t len;
+};
+
+template <typename T>
+Vec<T> vec(py::handle h, const char* what, const char* type) {
+  require(py::isinstance<py::array>(h), std::string(what) + " must be a numpy array");
+  const py::array a = py::reinterpret_borrow<py::array>(h);
   require(a.ndim() == 1 && is_dtype<T>(a), std::string(what) + " must be a 1-D " + type + " array");
   require((a.flags() & py::array::c_style) != 0, std::string(what) + " must be C-contiguous");
-  return static_cast<const T*>(a.data());
+  return {static_cast<const T*>(a.data()), static_cast<int64_t>(a.shape(0))};
 }
 
 template <typename T>
@@ -58,21 +70,43 @@ py::array_t<T> to_numpy(const T* p, size_t n) {
 
 // ---- per-format construction from and export to canonical arrays (one entry per format) ----
 
-CsrWeight make_csr(int64_t rows, int64_t cols, const py::array& row_ptr,
-                   const py::array& col_idx, const py::array& values) {
-  const int64_t* rp = vec<int64_t>(row_ptr, "row_ptr", "int64");
-  const bool u16 = col_idx.ndim() == 1 && is_dtype<uint16_t>(col_idx);
-  const void* ci = u16 ? static_cast<const void*>(vec<uint16_t>(col_idx, "col_idx", "uint16"))
-                       : static_cast<const void*>(vec<int32_t>(col_idx, "col_idx", "uint16 or int32"));
-  const float* v = vec<float>(values, "values", "float32");
-  const int64_t n_rp = row_ptr.shape(0), n_ci = col_idx.shape(0), n_v = values.shape(0);
-  py::gil_scoped_release release;
+// Two format parameters from a pickled / Python tuple, range-checked by the constructors.
+std::pair<int64_t, int64_t> two_params(const py::tuple& p, const char* what) {
+  require(p.size() == 2, std::string(what) + " takes 2 parameters");
+  return {p[0].cast<int64_t>(), p[1].cast<int64_t>()};
+}
+
+template <class Make>
+auto rethrow_invalid(const char* what, Make make) {
   try {
-    return CsrWeight(rows, cols, rp, n_rp, ci, u16 ? 16 : 32, n_ci, v, n_v);
+    return make();
   } catch (const std::invalid_argument& e) {
-    py::gil_scoped_acquire acquire;
-    throw py::value_error(std::string("invalid CSR data: ") + e.what());
+    throw py::value_error(std::string("invalid ") + what + " data: " + e.what());
   }
+}
+
+
+CsrWeight make_csr(int64_t rows, int64_t cols, const py::dict& a) {
+  for (const char* k : {"row_ptr", "col_idx", "values"})
+    require(a.contains(k), std::string("CSR weight needs '") + k + "'");
+  const auto rp = vec<int64_t>(a["row_ptr"], "row_ptr", "int64");
+  const py::handle ci_obj = a["col_idx"];
+  const bool u16 = py::isinstance<py::array>(ci_obj) &&
+                   is_dtype<uint16_t>(py::reinterpret_borrow<py::array>(ci_obj));
+  const void* ci;
+  int64_t n_ci;
+  if (u16) {
+    const auto c = vec<uint16_t>(ci_obj, "col_idx", "uint16");
+    ci = c.data, n_ci = c.len;
+  } else {
+    const auto c = vec<int32_t>(ci_obj, "col_idx", "uint16 or int32");
+    ci = c.data, n_ci = c.len;
+  }
+  const auto v = vec<float>(a["values"], "values", "float32");
+  py::gil_scoped_release release;
+  return rethrow_invalid("CSR", [&] {
+    return CsrWeight(rows, cols, rp.data, rp.len, ci, u16 ? 16 : 32, n_ci, v.data, v.len);
+  });
 }
 
 py::dict csr_arrays(int64_t cols, const std::vector<int64_t>& rp, const std::vector<int32_t>& ci,
@@ -109,12 +143,43 @@ py::dict arrays_of(const SellWeight& w) {
   return csr_arrays(w.cols, rp, ci, v);
 }
 
+py::dict arrays_of(const NmWeight& w) {
+  std::vector<float> v;
+  std::vector<uint8_t> pos;
+  w.to_canonical(v, pos);
+  py::dict d;
+  d["values"] = to_numpy(v.data(), v.size());
+  d["pos"] = to_numpy(pos.data(), pos.size());
+  return d;
+}
+
+py::dict arrays_of(const BsrWeight& w) {
+  std::vector<int64_t> brp;
+  std::vector<int32_t> bc;
+  std::vector<float> v;
+  w.to_canonical(brp, bc, v);
+  py::dict d;
+  d["block_row_ptr"] = to_numpy(brp.data(), brp.size());
+  d["block_col"] = to_numpy(bc.data(), bc.size());
+  d["values"] = to_numpy(v.data(), v.size());
+  return d;
+}
+
 py::tuple params_of(const CsrWeight&) { return py::tuple(); }
 py::tuple params_of(const SellWeight&) { return py::tuple(); }
+py::tuple params_of(const NmWeight& w) { return py::make_tuple(w.n, w.m); }
+py::tuple params_of(const BsrWeight& w) { return py::make_tuple(w.r, w.c); }
+
+// Stored values, padding included (what the kernels multiply).
+int64_t stored_of(const CsrWeight& w) { return w.nnz; }
+int64_t stored_of(const SellWeight& w) { return w.nnz; }
+int64_t stored_of(const NmWeight& w) { return w.rows * w.groups * w.n; }
+int64_t stored_of(const BsrWeight& w) { return w.nblocks * w.r * w.c; }
+
 
 // ---- kernel plans ----
 
-using AnyPlan = std::variant<LinearPlan<CsrWeight>, LinearPlan<SellWeight>>;
+using AnyPlan = VariantOver<LinearPlan, WeightTypes>::type;
 
 struct KernelPlan {
   Format format;
@@ -123,16 +188,18 @@ struct KernelPlan {
 };
 
 KernelPlan make_plan(int32_t format, const std::vector<std::string>& names) {
+  std::optional<KernelPlan> out;
   try {
-    switch (static_cast<Format>(format)) {
-      case Format::kCsr: return {Format::kCsr, names, plan_from_names<CsrWeight>(names)};
-      case Format::kSell: return {Format::kSell, names, plan_from_names<SellWeight>(names)};
-      default: break;
-    }
+    for_each_weight([&](auto* tag) {
+      using W = std::remove_pointer_t<decltype(tag)>;
+      if (static_cast<int32_t>(W::kFormat) == format)
+        out = KernelPlan{W::kFormat, names, plan_from_names<W>(names)};
+    });
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
   }
-  throw py::value_error("no kernels for format id " + std::to_string(format));
+  if (!out) throw py::value_error("no kernels for format id " + std::to_string(format));
+  return *out;
 }
 
 // True when any of the n floats is NaN or +-Inf (exponent bits all ones). Branch-free so the
@@ -206,7 +273,7 @@ void bind_weight(py::module_& m, const char* name, const char* doc, Make make) {
       .def(py::init(make))
       .def_readonly("rows", &W::rows)
       .def_readonly("cols", &W::cols)
-      .def_readonly("nnz", &W::nnz)
+      .def_property_readonly("nnz", [](const W& w) { return stored_of(w); })
       .def_property_readonly("nbytes", &W::nbytes)
       .def_property_readonly("format_id", [](const W&) { return static_cast<int>(W::kFormat); })
       .def_property_readonly("params", [](const W& w) { return params_of(w); })
@@ -227,15 +294,14 @@ py::list list_kernels() {
   py::list out;
   for (const KernelInfo& k : all_kernels()) {
     bool is_default = false;
-    if (const auto* f = std::get_if<LinearFn<CsrWeight>>(&k.fn)) {
-      const auto& p = default_plan<CsrWeight>();
-      is_default = *f == p.spmv;
-      for (const auto& q : p.panels) is_default |= *f == q.fn;
-    } else if (const auto* g = std::get_if<LinearFn<SellWeight>>(&k.fn)) {
-      const auto& p = default_plan<SellWeight>();
-      is_default = *g == p.spmv;
-      for (const auto& q : p.panels) is_default |= *g == q.fn;
-    }
+    for_each_weight([&](auto* tag) {
+      using W = std::remove_pointer_t<decltype(tag)>;
+      if (const auto* f = std::get_if<LinearFn<W>>(&k.fn)) {
+        const auto& p = default_plan<W>();
+        is_default = *f == p.spmv;
+        for (const auto& q : p.panels) is_default |= *f == q.fn;
+      }
+    });
     py::dict row;
     row["name"] = k.name;
     row["family"] = family_name(k.family);
@@ -284,14 +350,14 @@ PYBIND11_MODULE(_C, m) {
                       }));
 
   auto csr = [](int64_t rows, int64_t cols, const py::tuple&, const py::dict& a) {
-    return make_csr(rows, cols, a["row_ptr"], a["col_idx"], a["values"]);
+    return make_csr(rows, cols, a);
   };
   bind_weight<CsrWeight>(m, "CsrWeight",
                          "W [rows, cols] in CSR, validated and owned: CsrWeight(rows, cols, (), "
                          "{'row_ptr': int64, 'col_idx': uint16|int32, 'values': float32})",
                          csr);
   auto sell = [](int64_t rows, int64_t cols, const py::tuple&, const py::dict& a) {
-    const CsrWeight w = make_csr(rows, cols, a["row_ptr"], a["col_idx"], a["values"]);
+    const CsrWeight w = make_csr(rows, cols, a);
     py::gil_scoped_release release;
     return SellWeight(w);
   };
@@ -299,4 +365,34 @@ PYBIND11_MODULE(_C, m) {
                           "W [rows, cols] in K-blocked SELL-C (built from validated CSR arrays, "
                           "the same arguments as CsrWeight); arrays() gives CSR back",
                           sell);
+  auto nm = [](int64_t rows, int64_t cols, const py::tuple& p, const py::dict& a) {
+    const auto [n, m] = two_params(p, "NmWeight");
+    for (const char* k : {"values", "pos"})
+      require(a.contains(k), std::string("N:M weight needs '") + k + "'");
+    const auto v = vec<float>(a["values"], "values", "float32");
+    const auto pos = vec<uint8_t>(a["pos"], "pos", "uint8");
+    py::gil_scoped_release release;
+    return rethrow_invalid(
+        "N:M", [&] { return NmWeight(rows, cols, n, m, v.data, v.len, pos.data, pos.len); });
+  };
+  bind_weight<NmWeight>(m, "NmWeight",
+                        "N:M along the inputs: NmWeight(rows, cols, (n, m), {'values': float32 "
+                        "[rows * groups * n], 'pos': uint8 [same]})",
+                        nm);
+  auto bsr = [](int64_t rows, int64_t cols, const py::tuple& p, const py::dict& a) {
+    const auto [r, c] = two_params(p, "BsrWeight");
+    for (const char* k : {"block_row_ptr", "block_col", "values"})
+      require(a.contains(k), std::string("BSR weight needs '") + k + "'");
+    const auto brp = vec<int64_t>(a["block_row_ptr"], "block_row_ptr", "int64");
+    const auto bc = vec<int32_t>(a["block_col"], "block_col", "int32");
+    const auto v = vec<float>(a["values"], "values", "float32");
+    py::gil_scoped_release release;
+    return rethrow_invalid("BSR", [&] {
+      return BsrWeight(rows, cols, r, c, brp.data, brp.len, bc.data, bc.len, v.data, v.len);
+    });
+  };
+  bind_weight<BsrWeight>(m, "BsrWeight",
+                         "r x c blocks: BsrWeight(rows, cols, (r, c), {'block_row_ptr': int64, "
+                         "'block_col': int32, 'values': float32 [nblocks * r * c]})",
+                         bsr);
 }

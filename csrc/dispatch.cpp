@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
 #include "common/cpu.h"
 
@@ -98,7 +99,12 @@ std::vector<std::string> plan_names(const LinearPlan<W>& plan) {
 }
 
 std::string dispatch_log() {
-  return describe(default_plan<CsrWeight>()) + "\n" + describe(default_plan<SellWeight>());
+  std::string out;
+  for_each_weight([&](auto* tag) {
+    using W = std::remove_pointer_t<decltype(tag)>;
+    out += (out.empty() ? "" : "\n") + describe(default_plan<W>());
+  });
+  return out;
 }
 
 #define SP_INSTANTIATE(W)                                                         \
@@ -107,6 +113,8 @@ std::string dispatch_log() {
   template std::vector<std::string> plan_names<W>(const LinearPlan<W>&);
 SP_INSTANTIATE(CsrWeight)
 SP_INSTANTIATE(SellWeight)
+SP_INSTANTIATE(BsrWeight)
+SP_INSTANTIATE(NmWeight)
 #undef SP_INSTANTIATE
 
 }  // namespace sparseprune

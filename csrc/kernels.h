@@ -12,8 +12,8 @@
 
 namespace sparseprune {
 
-// One alternative per native weight type (formats/weights.h); adding a format adds one here.
-using AnyLinearFn = std::variant<LinearFn<CsrWeight>, LinearFn<SellWeight>>;
+// One alternative per native weight type (formats/weights.h).
+using AnyLinearFn = VariantOver<LinearFn, WeightTypes>::type;
 
 struct KernelInfo {
   const char* name;  // the function's name, e.g. "spmm_csr_f32_16x1_avx2"

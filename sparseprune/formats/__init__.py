@@ -13,7 +13,9 @@ from .base import (
            parse_header,
            register_format,
 )
+from .bsr import BSR
 from .csr import CSR, SELL
+from .nm import NMFormat
 
-__all__ = ["CSR", "FORMATS", "HEADER_LEN", "MAGIC", "PackedWeight", "SELL", "format_by_id",
-           "parse_header", "register_format"]
+__all__ = ["BSR", "CSR", "FORMATS", "HEADER_LEN", "MAGIC", "NMFormat", "PackedWeight", "SELL",
+           "format_by_id", "parse_header", "register_format"]

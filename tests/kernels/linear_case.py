@@ -20,7 +20,7 @@ from ..conftest import assert_close_linear
 def expected_isas() -> set[str]:
     """ISAs whose rows every build for this machine's architecture must compile."""
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return {"scalar", "avx2"} if x86 else {"scalar"}
+    return {"scalar", "avx2", "avx512"} if x86 else {"scalar"}
 
 
 def kernels_of(family: str, fmt: str | None = None) -> list[dict]:
@@ -29,7 +29,7 @@ def kernels_of(family: str, fmt: str | None = None) -> list[dict]:
 
 
 # Format name -> (its header params for a case, the mask pattern its packer needs).
-def _format_setup(fmt: str, pattern: tuple) -> tuple[tuple[int, ...], object]:
+def format_setup(pattern: tuple) -> tuple[tuple[int, ...], object]:
     kind = pattern[0]
     if kind == "nm":
         return (pattern[1], pattern[2]), NM(pattern[1], pattern[2], on_indivisible="pad")
@@ -91,7 +91,7 @@ class LinearCase:
             pattern = ("nm", 2, 4)
         if fmt == "bsr" and pattern[0] != "block":
             pattern = ("block", 4, 1)
-        params, pattern_obj = _format_setup(fmt, pattern)
+        params, pattern_obj = format_setup(pattern)
         x, w, b = self.make(pattern_obj)
         packed = cls.from_dense(w, params=params)
         plan = ops.make_plan(cls.FORMAT_ID, [kernel]) if kernel else None

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from sparseprune import ops
 from sparseprune.formats import CSR, FORMATS, SELL
 
-from .linear_case import LinearCase
+from .linear_case import LinearCase, format_setup
 
 FORMATS_RUN = [f for f in FORMATS if any(k["format"] == f for k in ops.list_kernels())]
 
@@ -40,11 +41,13 @@ def test_threads_give_the_same_result(threads, fmt):
     ops.set_num_threads(threads)
     try:
         case.check("", fmt)
-        x, w, b = case.make()
-        packed = FORMATS[fmt].from_dense(w, params=(2, 4) if fmt == "nm" else
-                                         (4, 1) if fmt == "bsr" else ())
         if fmt in ("nm", "bsr"):
-            return  # the pattern cases check these; here only the thread split matters
+            pattern = ("nm", 2, 4) if fmt == "nm" else ("block", 4, 1)
+            case = replace(case, pattern=pattern)
+            case.check("", fmt)
+        params, pattern_obj = format_setup(case.pattern)
+        x, w, b = case.make(pattern_obj)
+        packed = FORMATS[fmt].from_dense(w, params=params)
         y_t, _ = ops.linear_eager(x, packed.native, b)
         ops.set_num_threads(1)
         y_1, _ = ops.linear_eager(x, packed.native, b)
