@@ -1,4 +1,5 @@
-"""``convert``: replace eligible layers of a model by their packed sparse counterparts."""
+"""``convert``: replace eligible layers of a model by packed sparse counterparts, in the format
+that is fastest for each (sparseprune.choose), and report what it did."""
 
 from __future__ import annotations
 
@@ -10,36 +11,65 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import choose as _choose
 from ._modules import deepcopy_model
-from ._timing import calls_for, interleaved
 from ._weights import effective_weight
 from .nn import SparseLinear
 
 __all__ = ["convert", "ConvertReport", "LayerReport", "register_converter"]
 
-# Module type -> function building the sparse replacement. Keyed by exact type so that a
-# subclass with its own forward is never silently replaced by a plain sparse layer.
-_CONVERTERS: dict[type, Callable[[nn.Module, str], nn.Module]] = {}
+
+@dataclass(frozen=True)
+class Converter:
+    """How one module type converts: ``build(module, name, candidate)`` makes the packed module,
+    ``dense(module)`` the dense reference op (x -> y) it is measured against."""
+
+    build: Callable[[nn.Module, str, _choose.Candidate], nn.Module]
+    dense: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
 
 
-def register_converter(module_type: type) -> Callable:
-    """Decorator: ``@register_converter(nn.Linear) def f(module, name) -> nn.Module``."""
+# Module type -> its converter. Keyed by exact type so that a subclass with its own forward is
+# never silently replaced by a plain sparse layer.
+_CONVERTERS: dict[type, Converter] = {}
 
-    def wrap(fn: Callable[[nn.Module, str], nn.Module]) -> Callable:
-        _CONVERTERS[module_type] = fn
+
+def register_converter(module_type: type, dense: Callable | None = None) -> Callable:
+    """Decorator: ``@register_converter(nn.Linear) def f(module, name, candidate) -> nn.Module``.
+
+    ``dense(module) -> (x -> y)`` is the reference timed against (default: the module itself).
+    A two-argument ``f(module, name)`` is accepted too (it then builds one fixed format).
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        import inspect
+
+        takes_candidate = len(inspect.signature(fn).parameters) >= 3
+        build = fn if takes_candidate else (lambda module, name, cand: fn(module, name))
+        _CONVERTERS[module_type] = Converter(build, dense or (lambda module: module))
         return fn
 
     return wrap
 
 
-@register_converter(nn.Linear)
-def _linear_to_sparse(module: nn.Module, name: str) -> nn.Module:
-    return SparseLinear.from_dense(module, name=name)
+def _linear_dense(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    w = effective_weight(module)
+    b = module.bias.detach() if module.bias is not None else None
+    return lambda x: F.linear(x, w, b)
+
+
+@register_converter(nn.Linear, dense=_linear_dense)
+def _linear_to_sparse(module: nn.Module, name: str, cand: _choose.Candidate) -> nn.Module:
+    return SparseLinear.from_dense(module, format=cand.format, params=cand.params, name=name)
 
 
 @dataclass(frozen=True)
 class LayerReport:
-    """What ``convert`` did with one layer: ``format`` is set when replaced, else ``reason``."""
+    """What ``convert`` did with one layer: ``format`` is set when replaced, else ``reason``.
+
+    ``speedup`` is the measured ratio vs dense of the chosen format (worst over the batch sizes),
+    ``how`` says where the choice came from ("measured", "cached", "cost model"), ``nbytes`` /
+    ``dense_bytes`` are the run-time bytes of the packed and the dense weight.
+    """
 
     name: str
     type: str
@@ -47,7 +77,11 @@ class LayerReport:
     sparsity: float
     format: str | None
     reason: str = ""
-    speedup: float | None = None  # measured vs dense when convert() got example_inputs
+    speedup: float | None = None
+    how: str = ""
+    nbytes: int = 0
+    dense_bytes: int = 0
+    measured: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,15 +99,20 @@ class ConvertReport:
         return [r for r in self.layers if r.format is None]
 
     def __str__(self) -> str:
-        head = f"{'layer':<32} {'type':<10} {'shape':<14} {'sparsity':>8}  {'speed':>6}  result"
+        head = (f"{'layer':<28} {'type':<8} {'shape':<12} {'sparsity':>8} {'bytes':>9} "
+                f"{'of dense':>8} {'speed':>6}  result")
         lines = [head, "-" * len(head)]
         for r in self.layers:
             shape = "x".join(str(s) for s in r.shape)
-            result = r.format if r.format is not None else f"skipped: {r.reason}"
+            result = r.format if r.format is not None else f"dense: {r.reason}"
+            if r.how:
+                result += f" ({r.how})"
             speed = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
-            lines.append(f"{r.name or '(root)':<32} {r.type:<10} {shape:<14} "
-                         f"{r.sparsity:>8.3f}  {speed:>6}  {result}")
-        lines.append(f"{len(self.converted)} converted, {len(self.skipped)} skipped")
+            frac = f"{r.nbytes / r.dense_bytes:.1%}" if r.format and r.dense_bytes else "-"
+            nbytes = f"{r.nbytes:,}" if r.format else f"{r.dense_bytes:,}"
+            lines.append(f"{r.name or '(root)':<28} {r.type:<8} {shape:<12} {r.sparsity:>8.3f} "
+                         f"{nbytes:>9} {frac:>8} {speed:>6}  {result}")
+        lines.append(f"{len(self.converted)} converted, {len(self.skipped)} kept dense")
         return "\n".join(lines)
 
 
@@ -106,42 +145,58 @@ def _capture_inputs(model: nn.Module, modules: list[nn.Module],
     return seen
 
 
-def _measured_speedup(dense: Callable[[], object], sparse: Callable[[], object]) -> float:
-    """Median over alternating rounds of dense time / sparse time (~4 ms of calls a round)."""
-    with torch.inference_mode():
-        dense()
-        return interleaved(sparse, dense, calls_for(sparse, 0.004), rounds=5, warmup=1)[2]
+def _at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """The captured input reshaped to [batch, features], its rows repeated as needed."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    if rows.shape[0] == 0:
+        return torch.randn(batch, rows.shape[1])
+    idx = torch.arange(batch) % rows.shape[0]
+    return rows[idx].contiguous()
 
 
 def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[str] | None = None,
             exclude: Iterable[str] | None = None, inplace: bool = False,
             example_inputs: tuple | torch.Tensor | None = None,
-            min_speedup: float = 1.0) -> tuple[nn.Module, ConvertReport]:
-    """Replaces eligible ``nn.Linear`` layers (plain or carrying prune masks) by ``SparseLinear``.
+            batch_sizes: Iterable[int] | None = None, formats: str | Iterable[str] = "auto",
+            min_speedup: float = 1.0, cache: bool = True) -> tuple[nn.Module, ConvertReport]:
+    """Replaces eligible layers (``nn.Linear``, plain or carrying prune masks) by packed ones.
 
-    A layer is converted when its effective weight (``weight_orig * weight_mask`` if it carries a
+    A layer is a candidate when its effective weight (``weight_orig * weight_mask`` under a
     ``torch.nn.utils.prune`` mask) has at least ``min_sparsity`` zeros, it matches ``include``
     (when given) and does not match ``exclude``. Names are the qualified names of
     ``model.named_modules()``; patterns may use shell wildcards (``"encoder.*.fc1"``).
 
+    Each candidate layer gets the format its mask allows that runs fastest: with
+    ``example_inputs``, the model runs once, every format (dense included) is timed on the input
+    the layer really sees, at each of ``batch_sizes``, and the one with the best worst-case ratio
+    is kept, dense unless it is at least ``min_speedup`` faster at every batch size. Choices are
+    cached on disk (``sparseprune.choose.cache_path()``) per CPU, shape, mask and batch sizes,
+    so converting the same model again measures nothing. Without inputs a cost model decides
+    (blocks or N:M when the mask has them, else SELL-C).
+
     Args:
         model: any module (the root itself may be an ``nn.Linear``).
-        min_sparsity: in [0, 1]; below it sparse kernels do not pay off, so the layer stays dense.
-        include: only these layers are considered.
-        exclude: these layers stay dense.
+        min_sparsity: in [0, 1]; below it the layer stays dense without being measured.
+        include / exclude: layer-name patterns.
         inplace: modify ``model`` itself instead of a deep copy.
-        example_inputs: optional input(s) the model is run on once (batch size included): each
-            layer then gets the input it would see, its sparse replacement is timed against the
-            dense ``F.linear`` on it, and the layer stays dense unless it is at least
-            ``min_speedup`` times faster (the report gives the measured ratio). Without it,
-            sparsity alone decides, and a small layer at batch 1 can end up slower than dense.
-        min_speedup: see ``example_inputs``.
+        example_inputs: input(s) the model is run on once to capture each layer's input.
+        batch_sizes: the batch sizes the model will run at (default: the example's own).
+        formats: "auto" (every registered format) or the names to choose from, e.g.
+            ["sell", "bsr"]; dense is always possible.
+        min_speedup: see above.
+        cache: read and write the on-disk cache of measured choices.
 
     Returns:
         (the converted model, a ``ConvertReport`` with one row per candidate layer).
     """
     if not 0.0 <= float(min_sparsity) <= 1.0:
         raise ValueError(f"convert: min_sparsity must be in [0, 1], got {min_sparsity}")
+    allowed = None if formats == "auto" else [formats] if isinstance(formats, str) else \
+        list(formats)
+    _choose.candidates_for(torch.zeros(0, 0, dtype=torch.bool), allowed)  # name check first
+    sizes = None if batch_sizes is None else [int(b) for b in batch_sizes]
+    if sizes is not None and (not sizes or any(b < 1 for b in sizes)):
+        raise ValueError(f"convert: batch_sizes must be positive ints, got {batch_sizes}")
     include = list(include) if include is not None else None
     exclude = list(exclude) if exclude is not None else []
     if not inplace:
@@ -162,48 +217,71 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
 
     rows = []
     replaced_root = None
-    converted: dict[int, nn.Module] = {}  # id(original) -> its replacement, for shared layers
+    converted: dict[int, tuple[nn.Module, dict]] = {}  # id(original) -> (replacement, report)
     for name, module in candidates:
         weight = effective_weight(module)
         numel = weight.numel()
         sparsity = float((weight == 0).sum()) / numel if numel else 1.0
         row = dict(name=name, type=type(module).__name__, shape=tuple(weight.shape),
-                   sparsity=sparsity)
+                   sparsity=sparsity, dense_bytes=numel * 4)
+        reason = None
         if include is not None and not _matches(name, include):
-            rows.append(LayerReport(**row, format=None, reason="not in include"))
+            reason = "not in include"
+        elif _matches(name, exclude):
+            reason = "excluded"
+        elif weight.device.type != "cpu":
+            reason = f"on {weight.device}"
+        elif sparsity < min_sparsity:
+            reason = f"sparsity {sparsity:.3f} < min_sparsity {min_sparsity}"
+        if reason is not None:
+            rows.append(LayerReport(**row, format=None, reason=reason))
             continue
-        if _matches(name, exclude):
-            rows.append(LayerReport(**row, format=None, reason="excluded"))
-            continue
-        if weight.device.type != "cpu":
-            rows.append(LayerReport(**row, format=None, reason=f"on {weight.device}"))
-            continue
-        if sparsity < min_sparsity:
-            rows.append(LayerReport(**row, format=None,
-                                    reason=f"sparsity {sparsity:.3f} < min_sparsity "
-                                           f"{min_sparsity}"))
-            continue
-        new = converted.get(id(module))
-        speedup = None
+        done = converted.get(id(module))
+        if done is None:
+            done = _convert_one(module, name, weight, captured.get(id(module)), sizes, allowed,
+                                min_speedup, cache, min_sparsity)
+            converted[id(module)] = done
+        new, info = done
+        rows.append(LayerReport(**row, **info))
         if new is None:
-            new = _CONVERTERS[type(module)](module, name)
-            x = captured.get(id(module))
-            if x is not None:
-                bias = module.bias.detach() if module.bias is not None else None
-                speedup = _measured_speedup(lambda x=x, w=weight, b=bias: F.linear(x, w, b),
-                                            lambda x=x, new=new: new(x))
-                if speedup < min_speedup:
-                    rows.append(LayerReport(
-                        **row, format=None, speedup=speedup,
-                        reason=f"measured {speedup:.2f}x vs dense at batch "
-                               f"{x.reshape(-1, x.shape[-1]).shape[0]} < {min_speedup}"))
-                    continue
-            converted[id(module)] = new
+            continue
         if name == "":
             replaced_root = new
         else:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
-        rows.append(LayerReport(**row, format=str(getattr(new, "format", type(new).__name__)),
-                                speedup=speedup))
     return (replaced_root if replaced_root is not None else model), ConvertReport(tuple(rows))
+
+
+def _convert_one(module, name, weight, x, sizes, allowed, min_speedup, cache, min_sparsity):
+    conv = _CONVERTERS[type(module)]
+    keep = weight.reshape(weight.shape[0], -1) != 0
+    cands = _choose.candidates_for(keep, allowed)
+    built: dict[_choose.Candidate, nn.Module] = {}
+
+    def build(cand):
+        if cand not in built:
+            built[cand] = conv.build(module, name, cand)
+        return built[cand]
+
+    if x is not None:
+        batches = sizes or [x.reshape(-1, x.shape[-1]).shape[0]]
+        inputs = [_at_batch(x, b) for b in batches]
+        choice = _choose.choose(cands, keep, inputs, build, conv.dense(module),
+                                min_speedup=min_speedup, cache=cache)
+    else:
+        choice = _choose.Choice(_choose.cost_model(cands, keep, min_sparsity), "cost model")
+    measured = tuple(sorted(choice.speedups.items()))
+    best = max((v for k, v in choice.speedups.items() if k != _choose.DENSE), default=None)
+    if choice.candidate.format == _choose.DENSE:
+        if choice.how == "cost model":
+            reason = "cost model: no sparse format pays at this sparsity"
+        else:
+            at = ", ".join(str(b) for b in choice.batch_sizes)
+            reason = (f"measured: no format at least {min_speedup}x faster at batch {at}"
+                      + (f" (best {best:.2f}x)" if best is not None else ""))
+        return None, dict(format=None, reason=reason, how=choice.how, measured=measured,
+                          speedup=best if choice.how != "cost model" else None)
+    new = build(choice.candidate)
+    return new, dict(format=choice.candidate.label, speedup=choice.speedup, how=choice.how,
+                     nbytes=new.weight.nbytes, measured=measured)

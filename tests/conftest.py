@@ -4,6 +4,21 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_choice_cache(tmp_path_factory):
+    """convert()'s on-disk cache of measured choices goes to a temporary folder, never the
+    user's cache dir (and tests never reuse another run's measurements)."""
+    import os
+
+    old = os.environ.get("SPARSEPRUNE_CACHE_DIR")
+    os.environ["SPARSEPRUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("choice-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPARSEPRUNE_CACHE_DIR", None)
+    else:
+        os.environ["SPARSEPRUNE_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ def test_converts_sparse_layers_and_keeps_outputs():
     assert [r.name for r in report.converted] == ["0", "2"]
     assert report.skipped[0].name == "4" and "min_sparsity" in report.skipped[0].reason
     assert torch.allclose(sparse(x), model(x), atol=1e-5)
-    assert "2 converted, 1 skipped" in str(report)
+    assert "2 converted, 1 kept dense" in str(report)
 
 
 def test_copy_by_default_inplace_on_request():
@@ -105,5 +105,62 @@ def test_min_speedup_keeps_slower_layers_dense():
     assert not report.converted
     measured = [r for r in report.skipped if r.speedup is not None]
     assert [r.name for r in measured] == ["0", "2"]
-    assert all("measured" in r.reason and "< 1000.0" in r.reason for r in measured)
+    assert all("measured: no format at least 1000.0x" in r.reason for r in measured)
     assert all(isinstance(m, nn.Linear) for m in sparse if not isinstance(m, nn.ReLU))
+
+
+def _structured(pattern: str) -> nn.Linear:
+    torch.manual_seed(1)
+    lin = nn.Linear(256, 128)
+    with torch.no_grad():
+        if pattern == "2:4":
+            scores = lin.weight.abs().reshape(128, 64, 4)
+            drop = scores.argsort(-1)[..., :2]
+            lin.weight.view(128, 64, 4).scatter_(-1, drop, 0.0)
+        elif pattern == "8x1":
+            keep = torch.rand(16, 256) > 0.9
+            lin.weight.mul_(keep.repeat_interleave(8, 0))
+        else:
+            lin.weight.mul_(torch.rand(128, 256) > 0.9)
+    return lin
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [("2:4", "nm2:4"), ("8x1", "bsr8x1"),
+                                                    ("unstructured", "sell")])
+def test_cost_model_picks_the_format_the_mask_has(pattern, expected):
+    lin = _structured(pattern)
+    sparse, report = convert(lin)
+    assert report.layers[0].format == expected and report.layers[0].how == "cost model"
+    x = torch.randn(5, 256)
+    assert torch.allclose(sparse(x), lin(x), atol=1e-5)
+    assert report.layers[0].nbytes == sparse.weight.nbytes
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "8x1", "unstructured"])
+def test_measured_choice_covers_the_candidates_and_is_cached(pattern):
+    lin = _structured(pattern)
+    x = torch.randn(3, 256)
+    _, first = convert(lin, example_inputs=x, batch_sizes=[1, 16])
+    row = first.layers[0]
+    labels = dict(row.measured)
+    assert "dense" in labels and "sell" in labels and "csr" in labels
+    if pattern == "2:4":
+        assert "nm2:4" in labels
+    if pattern == "8x1":
+        assert "bsr8x1" in labels
+    # Never slower than dense by construction: dense is kept unless a format wins everywhere.
+    if row.format is not None:
+        assert row.speedup == max(labels.values()) and row.speedup >= 1.0
+    sparse, again = convert(lin, example_inputs=x, batch_sizes=[1, 16])
+    assert again.layers[0].how == "cached" and again.layers[0].format == row.format
+    assert torch.allclose(sparse(x), lin(x), atol=1e-5)
+
+
+def test_formats_argument_limits_the_choice_and_rejects_unknown_names():
+    lin = _structured("8x1")
+    _, report = convert(lin, formats=["csr"])
+    assert report.layers[0].format == "csr"
+    with pytest.raises(ValueError, match="unknown format"):
+        convert(lin, formats=["nope"])
+    with pytest.raises(ValueError, match="batch_sizes"):
+        convert(lin, example_inputs=torch.randn(1, 256), batch_sizes=[0])

@@ -49,6 +49,14 @@ void run(const NmWeight& w, const float* panel, int64_t nvalid, const float* bia
 
     for (int64_t w0 = 0; w0 < windows; w0 += kw) {
       const int64_t w1 = std::min<int64_t>(windows, w0 + kw);
+#ifndef PPF
+#define PPF 1
+#endif
+      if (PPF) {
+        const int64_t c1 = std::min<int64_t>(w.cols, std::min<int64_t>(windows, w1 + kw) * wc);
+        const char* pp = reinterpret_cast<const char*>(panel + w1 * wc * MR);
+        for (int64_t b = 0; b < (c1 - w1 * wc) * MR * 4; b += 64) _mm_prefetch(pp + b, _MM_HINT_T0);
+      }
       for (int it = 0; it < nt; ++it) {
         const int64_t t = tb + it;
         const int nr = static_cast<int>(std::min<int64_t>(kNmTile, w.rows - t * kNmTile));
@@ -108,9 +116,11 @@ void run(const NmWeight& w, const float* panel, int64_t nvalid, const float* bia
     // y is [batch, rows] row-major: a panel's outputs for one row are a strided column.
     const int64_t o0 = tb * kNmTile;
     const int nr = static_cast<int>(std::min<int64_t>(nt * kNmTile, w.rows - o0));
-    for (int r = 0; r < nr; ++r) {
-      const float bv = bias ? bias[o0 + r] : 0.f;
-      for (int64_t i = 0; i < nvalid; ++i) y[i * ldy + o0 + r] = acc[r][i] + bv;
+    // Batch row outer: each y row gets one contiguous run. Row-outer order would hit nvalid
+    // lines ldy floats apart per output, which alias to one L1 set when ldy is a power of 2.
+    for (int64_t i = 0; i < nvalid; ++i) {
+      float* yi = y + i * ldy + o0;
+      for (int r = 0; r < nr; ++r) yi[r] = acc[r][i] + (bias ? bias[o0 + r] : 0.f);
     }
   }
 }
