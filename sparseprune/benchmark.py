@@ -25,8 +25,8 @@ from torch import nn
 from ._timing import time_calls
 from .nn import SparseLinear
 
-__all__ = ["Case", "Result", "METHODS", "run_case", "run_cases", "format_table", "make_weights",
-           "case_inputs"]
+__all__ = ["Case", "Result", "METHODS", "DEFAULT_METHODS", "run_case", "run_cases",
+           "format_table", "make_weights", "case_inputs"]
 
 COLD_BYTES = 96 << 20
 BASELINE = "torch dense"
@@ -35,7 +35,12 @@ OURS = "sparseprune"
 
 @dataclass(frozen=True)
 class Case:
-    """W [n, k] with ``sparsity`` zeros (unstructured, uniform at random), x [batch, k]."""
+    """W [n, k] with ``sparsity`` zeros, x [batch, k].
+
+    pattern: "unstructured" (uniform at random), "N:M" (e.g. "2:4": the sparsity is then
+    1 - N/M, ``sparsity`` is ignored) or "RxC" blocks (e.g. "8x1": ``sparsity`` of the blocks
+    are zero).
+    """
 
     n: int
     k: int
@@ -43,11 +48,33 @@ class Case:
     batch: int
     cold: bool = False
     threads: int = 1
+    pattern: str = "unstructured"
 
     @property
     def label(self) -> str:
         mode = "cold" if self.cold else "warm"
-        return f"{self.n}x{self.k}-s{self.sparsity:g}-b{self.batch}-{mode}-t{self.threads}"
+        pat = "" if self.pattern == "unstructured" else f"-{self.pattern}"
+        return (f"{self.n}x{self.k}{pat}-s{self.effective_sparsity:g}-b{self.batch}-{mode}"
+                f"-t{self.threads}")
+
+    @property
+    def effective_sparsity(self) -> float:
+        if ":" in self.pattern:
+            n, m = (int(v) for v in self.pattern.split(":"))
+            return round(1.0 - n / m, 4)
+        return self.sparsity
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """Keep-mask of this case's pattern for ``scores`` [n, k]."""
+        from .pruning.patterns import NM, Block
+
+        if ":" in self.pattern:
+            n, m = (int(v) for v in self.pattern.split(":"))
+            return NM(n, m, on_indivisible="pad").mask(scores)
+        if "x" in self.pattern:
+            r, c = (int(v) for v in self.pattern.split("x"))
+            return Block(r, c, on_indivisible="pad").mask(scores, self.sparsity)
+        return scores >= self.sparsity
 
 
 @dataclass(frozen=True)
@@ -71,7 +98,7 @@ def make_weights(case: Case, copies: int, seed: int = 0) -> list[torch.Tensor]:
     """
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(case.n, case.k, generator=g)
-    w *= torch.rand(case.n, case.k, generator=g) >= case.sparsity
+    w *= case.mask(torch.rand(case.n, case.k, generator=g))
     return [w] + [w.clone() for _ in range(copies - 1)]
 
 
@@ -80,7 +107,7 @@ def case_inputs(case: Case, seed: int = 0):
     packed sparse format (~6 B per nonzero) cycles through more than ``COLD_BYTES``."""
     copies = 1
     if case.cold:
-        packed = max(1, round(case.n * case.k * (1.0 - case.sparsity))) * 6
+        packed = max(1, round(case.n * case.k * (1.0 - case.effective_sparsity))) * 6
         copies = min(64, math.ceil(COLD_BYTES / packed))
     g = torch.Generator().manual_seed(seed + 1)
     b = torch.randn(case.n, generator=g)
@@ -150,15 +177,58 @@ def _scipy(ws, b, x):
     return _cycle(fns), m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
 
 
+def _linear(w, b) -> nn.Linear:
+    lin = nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    return lin
+
+
 def _ours(ws, b, x):
-    layers = []
-    for w in ws:
-        lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            lin.bias.copy_(b)
-        layers.append(SparseLinear.from_dense(lin))
+    # As a user runs it: convert() with its default choice (the cost model: the format the mask
+    # allows), one packed copy per weight copy.
+    from .convert import convert
+
+    layers = [convert(_linear(w, b), min_sparsity=0.0)[0] for w in ws]
+    if not isinstance(layers[0], SparseLinear):
+        raise RuntimeError("convert() kept the benchmark layer dense")
     return _cycle([lambda layer=layer: layer(x) for layer in layers]), layers[0].weight.nbytes
+
+
+def _ours_format(fmt: str) -> Factory:
+    def factory(ws, b, x):
+        from .choose import candidates_for
+
+        cands = [c for c in candidates_for(ws[0] != 0, [fmt]) if c.format == fmt]
+        if not cands:
+            raise ValueError(f"the mask allows no {fmt} layout")
+        layers = [SparseLinear.from_dense(_linear(w, b), format=fmt, params=cands[0].params)
+                  for w in ws]
+        return _cycle([lambda layer=layer: layer(x) for layer in layers]), layers[0].weight.nbytes
+
+    return factory
+
+
+def _torch_bsr(ws, b, x):
+    # torch's CPU BSR matmul (MKL) takes square blocks only: the block size is inferred from a
+    # mask made of 4x4 (or 16x16) blocks, else the case is not applicable.
+    for bs in (16, 8, 4):
+        if ws[0].shape[0] % bs == 0 and ws[0].shape[1] % bs == 0:
+            grid = (ws[0] != 0).reshape(ws[0].shape[0] // bs, bs, -1, bs).any(3).any(1)
+            stored = int(grid.sum()) * bs * bs
+            if stored <= 1.05 * int((ws[0] != 0).sum()):
+                break
+    else:
+        raise ValueError("not a square-block mask")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mats = [w.to_sparse_bsr((bs, bs)) for w in ws]
+    xt = x.t().contiguous()
+    m = mats[0]
+    size = sum(t.numel() * t.element_size() for t in (m.crow_indices(), m.col_indices(),
+                                                      m.values()))
+    return _cycle([lambda m=m: torch.mm(m, xt).t() for m in mats]), size
 
 
 METHODS: dict[str, Factory] = {
@@ -166,11 +236,15 @@ METHODS: dict[str, Factory] = {
     "torch csr int64": _torch_csr(torch.int64),
     "torch csr int32": _torch_csr(torch.int32),
     "scipy csr": _scipy,
+    "torch bsr": _torch_bsr,
     OURS: _ours,
+    **{f"{OURS} {fmt}": _ours_format(fmt) for fmt in ("sell", "csr", "nm", "bsr")},
 }
+# Methods a default run times: the peers, and ours as convert() chooses.
+DEFAULT_METHODS = (BASELINE, "torch csr int64", "torch csr int32", "scipy csr", "torch bsr", OURS)
 
 
-def run_case(case: Case, methods: Iterable[str] = tuple(METHODS), *, min_time: float = 0.3,
+def run_case(case: Case, methods: Iterable[str] = DEFAULT_METHODS, *, min_time: float = 0.3,
              rounds: int = 5, seed: int = 0) -> list[Result]:
     """Times every method on one case, interleaving rounds so drift hits all methods alike."""
     methods = list(methods)
@@ -188,7 +262,10 @@ def run_case(case: Case, methods: Iterable[str] = tuple(METHODS), *, min_time: f
         with torch.inference_mode():
             fns = {}
             for m in methods:
-                fn, _ = METHODS[m](ws, b, x)
+                try:
+                    fn, _ = METHODS[m](ws, b, x)
+                except ValueError:
+                    continue  # not applicable to this pattern (e.g. torch bsr on 8x1 blocks)
                 for _ in range(3):
                     fn()
                 fns[m] = fn
@@ -197,7 +274,7 @@ def run_case(case: Case, methods: Iterable[str] = tuple(METHODS), *, min_time: f
             for m, fn in fns.items():
                 t = time_calls(fn, 1)
                 calls[m] = max(1, int(min_time / rounds / max(t, 1e-7)))
-            samples: dict[str, list[float]] = {m: [] for m in methods}
+            samples: dict[str, list[float]] = {m: [] for m in fns}
             for _ in range(rounds):
                 for m, fn in fns.items():
                     samples[m].append(time_calls(fn, calls[m]))
@@ -206,14 +283,14 @@ def run_case(case: Case, methods: Iterable[str] = tuple(METHODS), *, min_time: f
 
     base = statistics.median(samples[BASELINE])
     results = []
-    for m in methods:
+    for m in fns:
         t = statistics.median(samples[m])
         flops = 2.0 * case.batch * (case.n * case.k if m == BASELINE else nnz)
         results.append(Result(case, m, t, base / t, flops / t / 1e9))
     return results
 
 
-def run_cases(cases: Iterable[Case], methods: Iterable[str] = tuple(METHODS), *,
+def run_cases(cases: Iterable[Case], methods: Iterable[str] = DEFAULT_METHODS, *,
               min_time: float = 0.3, rounds: int = 5, progress: bool = True) -> list[Result]:
     """``run_case`` over many cases, with a progress bar."""
     cases = list(cases)
@@ -231,21 +308,23 @@ def run_cases(cases: Iterable[Case], methods: Iterable[str] = tuple(METHODS), *,
 def format_table(results: list[Result]) -> str:
     """A markdown table: one row per (case, method) with time, speedup and effective GFLOP/s,
     plus sparseprune's ratio against the fastest sparse peer of the same case."""
-    head = ("| shape | sparsity | batch | mode | threads | method | time (us) | vs dense | "
-            "eff. GFLOP/s | ours vs best peer |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| shape | pattern | sparsity | batch | mode | threads | method | time (us) | "
+            "vs dense | eff. GFLOP/s | ours vs best peer |")
+    lines = [head, "|" + "---|" * 11]
     by_case: dict[Case, list[Result]] = {}
     for r in results:
         by_case.setdefault(r.case, []).append(r)
     for case, rows in by_case.items():
-        peers = [r.seconds for r in rows if r.method not in (BASELINE, OURS)]
+        peers = [r.seconds for r in rows
+                 if r.method != BASELINE and not r.method.startswith(OURS)]
         ours = [r.seconds for r in rows if r.method == OURS]
         for r in rows:
             vs_peer = ""
             if r.method == OURS and peers:
                 vs_peer = f"{min(peers) / ours[0]:.2f}x"
             lines.append(
-                f"| {case.n}x{case.k} | {case.sparsity:g} | {case.batch} | "
+                f"| {case.n}x{case.k} | {case.pattern} | {case.effective_sparsity:g} | "
+                f"{case.batch} | "
                 f"{'cold' if case.cold else 'warm'} | {case.threads} | {r.method} | "
                 f"{r.seconds * 1e6:.1f} | {r.speedup:.2f}x | {r.gflops:.1f} | {vs_peer} |")
     return "\n".join(lines)

@@ -45,6 +45,8 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from . import benchmark
 
     if args.quick:
@@ -57,10 +59,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise SystemExit(f"sparseprune bench: sparsity must be in [0, 1), got {s}")
-    cases = [benchmark.Case(n, k, s, b, cold=cold and b == 1, threads=t)
-             for (n, k) in shapes for s in sparsities for b in batches for t in args.threads
-             for cold in colds if not (cold and b != 1)]
-    methods = args.methods.split(",") if args.methods else list(benchmark.METHODS)
+    if rounds < 1 or min_time <= 0 or any(t < 1 for t in args.threads) or \
+            any(b < 1 for b in batches):
+        raise SystemExit("sparseprune bench: --rounds, --threads and --batch need values >= 1 "
+                         "and --min-time > 0")
+    patterns = args.patterns.split(",")
+    for p in patterns:
+        try:
+            benchmark.Case(8, 8, 0.5, 1, pattern=p).mask(torch.rand(8, 8))
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"sparseprune bench: bad --patterns entry {p!r}: {e}") from None
+    cases = [benchmark.Case(n, k, s, b, cold=cold and b == 1, threads=t, pattern=p)
+             for p in patterns for (n, k) in shapes
+             for s in (sparsities if ":" not in p else sparsities[:1])
+             for b in batches for t in args.threads for cold in colds if not (cold and b != 1)]
+    methods = args.methods.split(",") if args.methods else list(benchmark.DEFAULT_METHODS)
+    unknown = [m for m in methods if m not in benchmark.METHODS]
+    if unknown:
+        raise SystemExit(f"sparseprune bench: unknown --methods {unknown}; choose from "
+                         f"{list(benchmark.METHODS)}")
     t0 = time.perf_counter()
     results = benchmark.run_cases(cases, methods, min_time=min_time, rounds=rounds,
                                   progress=not args.no_progress)
@@ -183,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_ints, default=[1])
     bench.add_argument("--no-cold", dest="cold", action="store_false",
                        help="skip the cold (weights cycled past L3) batch-1 runs")
-    bench.add_argument("--methods", default="", help="comma list (default: all)")
+    bench.add_argument("--methods", default="",
+                       help="comma list (default: dense, the peers and sparseprune as convert() "
+                            "chooses; 'sparseprune sell' etc. pin a format)")
+    bench.add_argument("--patterns", default="unstructured",
+                       help="comma list: unstructured, N:M (e.g. 2:4), RxC blocks (e.g. 8x1)")
     bench.add_argument("--min-time", type=float, default=0.5, help="seconds per method per case")
     bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     bench.add_argument("--json", default="", help="also write results to this JSON file")
