@@ -24,6 +24,7 @@ from . import _C
 
 __all__ = [
     "linear",
+    "linear_numpy",
     "make_weight",
     "make_plan",
     "list_kernels",
@@ -121,6 +122,16 @@ def linear_eager(x: torch.Tensor, native: object, bias: torch.Tensor | None,
     out = y[:, : native.rows] if out_cols_pad else y
     nonfinite = _C.linear(native, x.numpy(), None if bias is None else bias.numpy(), out,
                           get_num_threads(), plan)
+    return torch.from_numpy(y), nonfinite
+
+
+def linear_numpy(native: object, x: np.ndarray, bias: np.ndarray | None,
+                 plan: object | None) -> tuple[torch.Tensor, bool]:
+    """``linear_eager`` on NumPy views the caller keeps (the per-call fast path of packed
+    modules: converting tensors costs ~1 us each, a small layer's kernel a few)."""
+    y = np.empty((x.shape[0], native.rows), dtype=np.float32)
+    n = _num_threads_override or torch.get_num_threads()
+    nonfinite = _C.linear(native, x, bias, y, n if n <= MAX_THREADS else MAX_THREADS, plan)
     return torch.from_numpy(y), nonfinite
 
 

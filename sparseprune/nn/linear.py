@@ -122,17 +122,36 @@ class SparseLinear(PackedModule):
             b = b.to(torch.float32).contiguous()
         return b
 
+    def _bias_numpy(self):
+        """A NumPy view of the float32 bias, kept while the buffer (and its storage) stay the
+        same object; in-place edits of its values need no refresh (the view shares memory)."""
+        b = self._buffers["bias"]
+        if b is None:
+            return None
+        cached = self.__dict__.get("_bias_np")
+        if cached is not None and cached[0] is b and cached[1] == b.data_ptr():
+            return cached[2]
+        if not (b.dtype is torch.float32 and b.is_contiguous()):
+            return self._bias().detach().numpy()  # a converted copy: never cached (could go stale)
+        view = b.detach().numpy()
+        self.__dict__["_bias_np"] = (b, b.data_ptr(), view)
+        return view
+
     def _run(self, x2: torch.Tensor) -> torch.Tensor:
         """x2: [B, in_features] float32 CPU with contiguous rows; eager mode."""
         if x2.stride(0) < x2.shape[1] and x2.shape[0] > 1:
             x2 = x2.contiguous()  # overlapping rows (e.g. expanded): the kernel needs real rows
-        bias = self._bias()
-        y, nonfinite = ops.linear_eager(x2, self.weight.native, bias, self._plan())
+        d = self.__dict__
+        plan = d.get("_plan_cache") if d["_kernels"] else None
+        if d["_kernels"] and plan is None:
+            plan = self._plan()
+        y, nonfinite = ops.linear_numpy(d["_packed_weight"].native, x2.numpy(),
+                                        self._bias_numpy(), plan)
         if nonfinite:
             # Dense torch spreads a NaN/Inf input through the pruned zeros too (0 * Inf = NaN);
             # the kernel skips those zeros. Redo those rows densely so results match torch.
             bad_rows = ~torch.isfinite(x2).all(dim=1)
-            y[bad_rows] = F.linear(x2[bad_rows], self.weight.to_dense(), bias)
+            y[bad_rows] = F.linear(x2[bad_rows], self.weight.to_dense(), self._bias())
         return y
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,7 @@ class PackedModule(nn.Module):
         # Derived, machine-specific: rebuilt on first use after unpickling.
         state.pop("_plan_cache", None)
         state.pop("_traced_cache", None)
+        state.pop("_bias_np", None)
         return state
 
     def __setstate__(self, state):

@@ -289,3 +289,19 @@ def test_modules_built_under_inference_mode_run():
         y = sp(x)
     assert_close_linear(y, x, lin.weight.detach(), lin.bias.detach())
     assert_close_linear(sp(x), x, lin.weight.detach(), lin.bias.detach())
+
+
+def test_bias_edits_and_replacements_reach_the_kernel():
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin)
+    x = torch.randn(3, 96)
+    sp(x)
+    with torch.no_grad():
+        sp.bias.add_(1.0)  # in place
+        lin.bias.add_(1.0)
+    assert_close_linear(sp(x), x, lin.weight.detach(), lin.bias.detach())
+    sp.bias = torch.full((80,), 2.0, dtype=torch.float64)  # replaced, other dtype
+    assert_close_linear(sp(x), x, lin.weight.detach(), torch.full((80,), 2.0))
+    sp.bias = torch.zeros(5)
+    with pytest.raises(ValueError, match="bias must be a 1-D float32 array of length 80"):
+        sp(x)
