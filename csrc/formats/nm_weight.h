@@ -83,6 +83,8 @@ void spmm_nm_f32_16x16_avx2(const NmWeight& w, const float* in, int64_t nvalid, 
                             const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
 void spmm_nm_f32_8x16_avx2(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
                            const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
+void spmm_nm_f32_64x16_avx512(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
+                              const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
 void spmm_nm_f32_32x16_avx512(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
                               const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
 void spmm_nm_f32_16x16_avx512(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,

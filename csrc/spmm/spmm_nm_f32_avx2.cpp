@@ -1,11 +1,12 @@
 // SpMM over the N:M tile layout on activation panels of MR = 8 or 16 batch rows, AVX2 + FMA
-// (this file alone is compiled with -mavx2 -mfma).
+// (this file alone is compiled with -mavx2 -mfma). Same scheme as spmm_nm_f32_avx512.cpp:
 //
 // Each kept value is one broadcast and MR / 8 FMAs against the panel row of its column (the
 // CSR/SELL panel scheme). All rows of an N:M tile have the same number of entries per window,
 // so R rows run in lockstep with no padding: R * MR / 8 = 8 independent FMA chains. Columns are
-// walked in K blocks whose panel slice stays in L1 while the 16 rows of the tile reuse it; per
-// block, the tile's nibble offsets are decoded once (vector code) into panel offsets.
+// walked in K blocks whose panel slice stays in L1 while a row block of several tiles reuses
+// it; per (tile, block) the nibble offsets are decoded once into panel offsets. The weight
+// stream (DRAM when cold) and the next panel slice are software-prefetched one block ahead.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -15,79 +16,100 @@
 namespace sparseprune {
 namespace {
 
-// Panel slice per K block: 8 KiB leaves L1 room for the decoded offsets, the tile's values and
-// the accumulators.
-constexpr int kSliceFloats = 2048;
 constexpr int kMaxBlockWindows = 16;  // bounds the decoded-offset scratch (16 x 16 x 16 int32)
+// Bytes ahead in a tile's weight stream to prefetch (into L2: into L1 it evicted the panel).
+constexpr int kWeightPrefetch = 2048;
 
-template <int MR, int R>
+inline void prefetch_l2(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T2);
+}
+inline void prefetch_l1(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
+
+// MR panel width, R rows in lockstep, BT tiles per row block, SLICE panel floats per K block
+// (8-16 KiB: the slice, the row block's accumulators and the decoded offsets share L1).
+template <int MR, int R, int BT, int SLICE>
 void run(const NmWeight& w, const float* panel, int64_t nvalid, const float* bias, float* y,
          int64_t ldy, int64_t t0, int64_t t1) {
   constexpr int V = MR / 8;  // ymm per panel row
+  constexpr int kShift = MR == 16 ? 4 : 3;  // column -> panel offset
   static_assert(R * V == 8 && kNmTile % R == 0, "8 FMA chains, whole row groups per tile");
   const int E = w.epw, P = w.ppw, wc = w.win_cols;
   const int64_t windows = w.windows;
-  const int kw = std::max(1, std::min(kMaxBlockWindows, kSliceFloats / (MR * wc)));
+  const int kw = std::max(1, std::min(kMaxBlockWindows, SLICE / (MR * wc)));
   const int64_t tile_vals = windows * E * kNmTile, tile_nib = windows * P * kNmTile;
-  alignas(32) float acc[kNmTile][MR];
+  alignas(32) float acc[BT * kNmTile][MR];
   alignas(32) int32_t off[kMaxBlockWindows * 16 * kNmTile];  // epw <= 15 entries per window
 
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t o0 = t * kNmTile;
-    const int nr = static_cast<int>(std::min<int64_t>(kNmTile, w.rows - o0));
-    const float* vt = w.vals.data() + t * tile_vals;
-    const uint8_t* qt = w.nib.data() + t * tile_nib;
-    for (int r = 0; r < kNmTile; ++r)
+  for (int64_t tb = t0; tb < t1; tb += BT) {
+    const int nt = static_cast<int>(std::min<int64_t>(BT, t1 - tb));
+    for (int r = 0; r < nt * kNmTile; ++r)
       for (int c = 0; c < V; ++c) _mm256_store_ps(acc[r] + 8 * c, _mm256_setzero_ps());
 
     for (int64_t w0 = 0; w0 < windows; w0 += kw) {
       const int64_t w1 = std::min<int64_t>(windows, w0 + kw);
-      // Decode: off[e * 16 + lane] = column * MR for the block's entries e.
-      int32_t* d = off;
-      for (int64_t wi = w0; wi < w1; ++wi, d += E * kNmTile) {
-        const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(wi * wc));
-        for (int p = 0; p < P; ++p) {
-          const uint8_t* q = qt + (wi * P + p) * kNmTile;
-          for (int h = 0; h < 2; ++h) {
-            const __m256i b = _mm256_cvtepu8_epi32(
-                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * h)));
-            const __m256i lo = _mm256_and_si256(b, _mm256_set1_epi32(15));
-            _mm256_store_si256(reinterpret_cast<__m256i*>(d + 2 * p * kNmTile + 8 * h),
-                               _mm256_mullo_epi32(_mm256_add_epi32(lo, base), _mm256_set1_epi32(MR)));
-            if (2 * p + 1 < E) {
-              const __m256i hi = _mm256_srli_epi32(b, 4);
-              _mm256_store_si256(
-                  reinterpret_cast<__m256i*>(d + (2 * p + 1) * kNmTile + 8 * h),
-                  _mm256_mullo_epi32(_mm256_add_epi32(hi, base), _mm256_set1_epi32(MR)));
+      // The next block's panel slice: its rows are read in random order, too late for the
+      // hardware prefetcher.
+      const int64_t c1 = std::min<int64_t>(w.cols, std::min<int64_t>(windows, w1 + kw) * wc);
+      if (c1 > w1 * wc) prefetch_l1(panel + w1 * wc * MR, (c1 - w1 * wc) * MR * 4);
+      for (int it = 0; it < nt; ++it) {
+        const int64_t t = tb + it;
+        const int nr = static_cast<int>(std::min<int64_t>(kNmTile, w.rows - t * kNmTile));
+        const float* vb = w.vals.data() + t * tile_vals + w0 * E * kNmTile;
+        const uint8_t* qb = w.nib.data() + t * tile_nib + w0 * P * kNmTile;
+        const int64_t ne = (w1 - w0) * E;
+        // Past the tile's end this prefetches the next tile's start: harmless.
+        prefetch_l2(reinterpret_cast<const char*>(vb) + kWeightPrefetch, ne * kNmTile * 4);
+        prefetch_l2(qb + kWeightPrefetch / 8, (w1 - w0) * P * kNmTile);
+        // Decode: off[e * 16 + lane] = column * MR for the block's entries e.
+        int32_t* d = off;
+        for (int64_t wi = w0; wi < w1; ++wi, d += E * kNmTile) {
+          const __m256i base = _mm256_set1_epi32(static_cast<int32_t>(wi * wc));
+          for (int p = 0; p < P; ++p) {
+            for (int h = 0; h < 2; ++h) {
+              const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(
+                  qb + ((wi - w0) * P + p) * kNmTile + 8 * h)));
+              const __m256i lo = _mm256_and_si256(b, _mm256_set1_epi32(15));
+              _mm256_store_si256(reinterpret_cast<__m256i*>(d + 2 * p * kNmTile + 8 * h),
+                                 _mm256_slli_epi32(_mm256_add_epi32(lo, base), kShift));
+              if (2 * p + 1 < E)
+                _mm256_store_si256(
+                    reinterpret_cast<__m256i*>(d + (2 * p + 1) * kNmTile + 8 * h),
+                    _mm256_slli_epi32(_mm256_add_epi32(_mm256_srli_epi32(b, 4), base), kShift));
             }
           }
         }
-      }
-      const int64_t ne = (w1 - w0) * E;
-      const float* vb = vt + w0 * E * kNmTile;
-      // Rows past `rows` in the last tile hold zeros: skip whole groups of them.
-      for (int r0 = 0; r0 < nr; r0 += R) {
-        __m256 a[R][V];
-        for (int i = 0; i < R; ++i)
-          for (int c = 0; c < V; ++c) a[i][c] = _mm256_load_ps(acc[r0 + i] + 8 * c);
-        const float* vv = vb + r0;
-        const int32_t* oo = off + r0;
-        for (int64_t e = 0; e < ne; ++e, vv += kNmTile, oo += kNmTile) {
-          for (int i = 0; i < R; ++i) {
-            const __m256 wv = _mm256_broadcast_ss(vv + i);
-            const float* p = panel + oo[i];
-            for (int c = 0; c < V; ++c)
-              a[i][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p + 8 * c), a[i][c]);
+        // Rows past `rows` in the last tile hold zeros: skip whole groups of them.
+        for (int r0 = 0; r0 < nr; r0 += R) {
+          float(*ac)[MR] = acc + it * kNmTile + r0;
+          __m256 a[R][V];
+          for (int i = 0; i < R; ++i)
+            for (int c = 0; c < V; ++c) a[i][c] = _mm256_load_ps(ac[i] + 8 * c);
+          const float* vv = vb + r0;
+          const int32_t* oo = off + r0;
+          for (int64_t e = 0; e < ne; ++e, vv += kNmTile, oo += kNmTile) {
+            for (int i = 0; i < R; ++i) {
+              const __m256 wv = _mm256_broadcast_ss(vv + i);
+              const float* p = panel + oo[i];
+              for (int c = 0; c < V; ++c)
+                a[i][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p + 8 * c), a[i][c]);
+            }
           }
+          for (int i = 0; i < R; ++i)
+            for (int c = 0; c < V; ++c) _mm256_store_ps(ac[i] + 8 * c, a[i][c]);
         }
-        for (int i = 0; i < R; ++i)
-          for (int c = 0; c < V; ++c) _mm256_store_ps(acc[r0 + i] + 8 * c, a[i][c]);
       }
     }
-    // y is [batch, rows] row-major: a panel's outputs for one row are a strided column.
-    for (int r = 0; r < nr; ++r) {
-      const float bv = bias ? bias[o0 + r] : 0.f;
-      for (int64_t i = 0; i < nvalid; ++i) y[i * ldy + o0 + r] = acc[r][i] + bv;
+    // Batch row outer: each y row gets one contiguous run. Row-outer order would touch nvalid
+    // lines ldy floats apart per output, which alias to one L1 set when ldy is a power of 2.
+    const int64_t o0 = tb * kNmTile;
+    const int nr = static_cast<int>(std::min<int64_t>(nt * kNmTile, w.rows - o0));
+    for (int64_t i = 0; i < nvalid; ++i) {
+      float* yi = y + i * ldy + o0;
+      for (int r = 0; r < nr; ++r) yi[r] = acc[r][i] + (bias ? bias[o0 + r] : 0.f);
     }
   }
 }
@@ -97,13 +119,13 @@ void run(const NmWeight& w, const float* panel, int64_t nvalid, const float* bia
 void spmm_nm_f32_16x16_avx2(const NmWeight& w, const float* panel, int64_t nvalid,
                             int64_t /*ldx*/, const float* bias, float* y, int64_t ldy,
                             int64_t u0, int64_t u1) {
-  run<16, 4>(w, panel, nvalid, bias, y, ldy, u0, u1);
+  run<16, 4, 4, 2048>(w, panel, nvalid, bias, y, ldy, u0, u1);
 }
 
 void spmm_nm_f32_8x16_avx2(const NmWeight& w, const float* panel, int64_t nvalid,
                            int64_t /*ldx*/, const float* bias, float* y, int64_t ldy,
                            int64_t u0, int64_t u1) {
-  run<8, 8>(w, panel, nvalid, bias, y, ldy, u0, u1);
+  run<8, 8, 4, 2048>(w, panel, nvalid, bias, y, ldy, u0, u1);
 }
 
 }  // namespace sparseprune
