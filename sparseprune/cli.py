@@ -87,6 +87,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=1))
         print(f"wrote {args.json}")
+    if args.report:
+        from .bench_report import write_report
+
+        png = write_report(results, args.report, "sparseprune " + " ".join(sys.argv[1:]))
+        print(f"appended to {args.report}" + (f", wrote {png}" if png else
+                                                " (no plot: matplotlib is not installed)"))
     return 0
 
 
@@ -208,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-time", type=float, default=0.5, help="seconds per method per case")
     bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     bench.add_argument("--json", default="", help="also write results to this JSON file")
+    bench.add_argument("--report", default="",
+                       help="append a dated section to this markdown file (e.g. bench/RESULTS.md) "
+                            "and write a speedup-vs-sparsity PNG beside it")
     bench.add_argument("--no-progress", action="store_true")
     bench.set_defaults(func=_cmd_bench)
 

@@ -42,3 +42,18 @@ def test_bench_refuses_bad_arguments(args, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--shapes", "16x16", "--batch", "1", *args])
     assert exc.value.code not in (0, None)
+
+
+def test_report_appends_a_section_and_a_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from sparseprune.bench_report import write_report
+
+    cases = [benchmark.Case(32, 32, s, b) for s in (0.5, 0.9) for b in (1, 4)]
+    results = benchmark.run_cases(cases, min_time=0.002, rounds=1, progress=False)
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# old\n")
+    png = write_report(results, report, "sparseprune bench --test")
+    text = report.read_text()
+    assert text.startswith("# old\n") and "`sparseprune bench --test`" in text
+    assert "| 32x32 | unstructured | 0.9 | 4 |" in text
+    assert png and (tmp_path / "RESULTS-speedup.png").stat().st_size > 1000
