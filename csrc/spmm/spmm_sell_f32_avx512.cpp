@@ -1,0 +1,70 @@
+// SpMM over the SELL-C layout, AVX-512 (this file alone is compiled with the AVX-512 flags).
+// The AVX2 kernel's scheme with zmm panel rows: per step the 4 lockstep rows each broadcast one
+// weight and FMA it into MR / 16 zmm accumulators against a panel row in L1. MR = 32: the
+// tile's panel slice (kSellColBlock * 32 floats = 32 KiB) is the L1-sized slice the design's
+// prototype found best at batch >= 64 on Zen 4 (MR = 32 with 256-column blocks), and 8 FMA
+// chains cover the FMA latency.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "../kernels.h"
+
+namespace sparseprune {
+namespace {
+
+template <int V>
+void run(const SellWeight& w, const float* panel, int64_t nvalid, const float* bias, float* y,
+         int64_t ldy, int64_t rb0, int64_t rb1) {
+  constexpr int MR = 16 * V;
+  static_assert(kSellChunk == 4, "the unrolled body below assumes 4 rows per chunk");
+  alignas(64) float acc[kSellRowBlock + 1][MR];  // one spare row takes the padding slots
+  for (int64_t rb = rb0; rb < rb1; ++rb) {
+    const int64_t r0 = rb * kSellRowBlock;
+    const int nr = static_cast<int>(std::min<int64_t>(kSellRowBlock, w.rows - r0));
+    for (auto& row : acc)
+      for (int c = 0; c < V; ++c) _mm512_store_ps(row + 16 * c, _mm512_setzero_ps());
+    for (int64_t kb = 0; kb < w.col_blocks; ++kb) {
+      const float* pan = panel + kb * kSellColBlock * MR;
+      const int64_t t = rb * w.col_blocks + kb;
+      for (int64_t c = w.tile_chunk[t]; c < w.tile_chunk[t + 1]; ++c) {
+        const int32_t* rows = &w.chunk_rows[c * kSellChunk];
+        float* a[4] = {acc[rows[0]], acc[rows[1]], acc[rows[2]], acc[rows[3]]};
+        __m512 x[4][V];
+        for (int i = 0; i < 4; ++i)
+          for (int q = 0; q < V; ++q) x[i][q] = _mm512_load_ps(a[i] + 16 * q);
+        const float* v = w.values.data() + w.chunk_step[c] * kSellChunk;
+        const uint8_t* o = w.offsets.data() + w.chunk_step[c] * kSellChunk;
+        const float* vend = w.values.data() + w.chunk_step[c + 1] * kSellChunk;
+        for (; v < vend; v += kSellChunk, o += kSellChunk) {
+          for (int i = 0; i < 4; ++i) {
+            const float* p = pan + o[i] * MR;
+            const __m512 wv = _mm512_set1_ps(v[i]);
+            for (int q = 0; q < V; ++q)
+              x[i][q] = _mm512_fmadd_ps(wv, _mm512_load_ps(p + 16 * q), x[i][q]);
+          }
+        }
+        // Padding slots all point at the spare row; real rows of a chunk are distinct.
+        for (int i = 3; i >= 0; --i)
+          for (int q = 0; q < V; ++q) _mm512_store_ps(a[i] + 16 * q, x[i][q]);
+      }
+    }
+    alignas(64) float out[MR];
+    for (int i = 0; i < nr; ++i) {
+      const __m512 b = _mm512_set1_ps(bias ? bias[r0 + i] : 0.f);
+      for (int q = 0; q < V; ++q)
+        _mm512_store_ps(out + 16 * q, _mm512_add_ps(_mm512_load_ps(acc[i] + 16 * q), b));
+      for (int64_t r = 0; r < nvalid; ++r) y[r * ldy + r0 + i] = out[r];
+    }
+  }
+}
+
+}  // namespace
+
+void spmm_sell_f32_32x4_avx512(const SellWeight& w, const float* panel, int64_t nvalid,
+                               int64_t /*ldx*/, const float* bias, float* y, int64_t ldy,
+                               int64_t rb0, int64_t rb1) {
+  run<2>(w, panel, nvalid, bias, y, ldy, rb0, rb1);
+}
+
+}  // namespace sparseprune
