@@ -232,6 +232,10 @@ _is_compiling = getattr(_compiler, "is_compiling", lambda: False)
 _is_exporting = getattr(_compiler, "is_exporting", lambda: False)
 
 
+_jit_tracing = torch.jit.is_tracing
+
+
 def is_tracing() -> bool:
-    """True under ``torch.compile`` / ``torch.export`` tracing (the custom op must be used)."""
-    return _is_compiling() or _is_exporting()
+    """True under ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` tracing (the custom
+    op must be used: a direct kernel call would be recorded as a constant result)."""
+    return _is_compiling() or _is_exporting() or _jit_tracing()

@@ -100,7 +100,17 @@ class PackedModule(nn.Module):
         under ``torch.export`` they become the graph's constants)."""
         cached = self.__dict__.get("_traced_cache")
         if cached is None or cached[0] is not self.weight:
-            t = self.weight.tensors()
+            # Made outside torch.jit.trace's recording, so every trace (and trace's own
+            # re-run check) sees the same constants rather than a from_numpy call.
+            get = getattr(torch._C, "_get_tracing_state", None)
+            state = get() if get is not None else None
+            if state is not None:
+                torch._C._set_tracing_state(None)
+            try:
+                t = self.weight.tensors()
+            finally:
+                if state is not None:
+                    torch._C._set_tracing_state(state)
             cached = self.__dict__["_traced_cache"] = (self.weight,
                                                        [t[b] for b in self.weight.BUFFERS])
         return cached[1]

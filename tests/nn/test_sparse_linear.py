@@ -305,3 +305,18 @@ def test_bias_edits_and_replacements_reach_the_kernel():
     sp.bias = torch.zeros(5)
     with pytest.raises(ValueError, match="bias must be a 1-D float32 array of length 80"):
         sp(x)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "sell"])
+def test_jit_trace_records_the_custom_op_not_a_constant(fmt):
+    import warnings
+
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin, format=fmt).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape checks
+        traced = torch.jit.trace(sp, (torch.randn(4, 96),))
+    assert "sparseprune::linear" in str(traced.graph)
+    for batch in (4, 9):
+        x = torch.randn(batch, 96)
+        assert_close_linear(traced(x), x, lin.weight.detach(), lin.bias.detach())
