@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 from collections.abc import Sequence
 
 import torch
 
 from . import ops
 from .benchmark import BASELINE, OURS, Result, format_table
+from .choose import cpu_model
 
 __all__ = ["write_report", "plot_speedups"]
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def plot_speedups(results: Sequence[Result], path: str | os.PathLike) -> None:
@@ -75,7 +64,7 @@ def write_report(results: Sequence[Result], path: str | os.PathLike, command: st
     isas = ", ".join(ops.cpu_info()["active"])
     section = [
         f"\n## {datetime.date.today().isoformat()} — `{command}`\n",
-        f"Machine: {_cpu()}, {os.cpu_count()} CPUs, ISAs {isas}; torch {torch.__version__}, "
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, ISAs {isas}; torch {torch.__version__}, "
         f"sparseprune {ops.native_version()}. Ratios from one run; effective GFLOP/s = "
         "2 · batch · nnz / time.\n",
         format_table(list(results)),

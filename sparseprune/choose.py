@@ -22,7 +22,7 @@ from ._timing import calls_for, interleaved
 from .formats import BSR, FORMATS
 
 __all__ = ["Candidate", "Choice", "candidates_for", "choose", "cost_model", "cache_path",
-           "DENSE", "BLOCK_SHAPES", "NM_SIZES"]
+           "DENSE", "BLOCK_SHAPES", "NM_SIZES", "cpu_model"]
 
 DENSE = "dense"
 # Block shapes tried, largest first (r x 1 blocks feed r outputs from one broadcast input).
@@ -136,7 +136,8 @@ def cache_path() -> str:
     return os.path.join(root, "convert-choices.json")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (what measured choices are cached under)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -154,7 +155,7 @@ def _cache_key(shape, keep: torch.Tensor, cands, batch_sizes, threads) -> str:
     # The mask itself (hashed), not only its sparsity: two masks of one sparsity can differ in
     # structure (and so in their candidates).
     digest = hashlib.sha1(keep.to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
-    parts = [_CACHE_VERSION, _cpu_model(), ops.native_version(), ",".join(ops.cpu_info()["active"]),
+    parts = [_CACHE_VERSION, cpu_model(), ops.native_version(), ",".join(ops.cpu_info()["active"]),
              list(shape), digest, [c.label for c in cands], list(batch_sizes), threads]
     return json.dumps(parts)
 

@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "../common/insert_avx.h"
 #include "../kernels.h"
 
 namespace sparseprune {
@@ -15,11 +16,9 @@ namespace {
 // Pays off when W streams from DRAM (70 % of 4096^2 is ~30 MB); neutral when W sits in L2/L3.
 constexpr int kPrefetchBytes = 2048;
 
-// vinsertps with an m32 operand: one macro-op. GCC keeps _mm_insert_ps(_mm_load_ss(p)) as two.
 template <int kImm>
 inline __m128 insert(__m128 a, const float* p) {
-  asm("vinsertps %[imm], %[mem], %[a], %[a]" : [a] "+x"(a) : [mem] "m"(*p), [imm] "i"(kImm));
-  return a;
+  return insert_ps_mem<kImm>(a, p);
 }
 
 // Four uint16 indices per 64-bit load; splitting into 32-bit halves makes each shift

@@ -8,16 +8,15 @@
 #include <algorithm>
 #include <cstring>
 
+#include "../common/insert_avx.h"
 #include "../kernels.h"
 
 namespace sparseprune {
 namespace {
 
-// vinsertps with an m32 operand: one macro-op. GCC keeps _mm_insert_ps(_mm_load_ss(p)) as two.
 template <int kImm>
 inline __m128 insert(__m128 a, const float* p) {
-  asm("vinsertps %[imm], %[mem], %[a], %[a]" : [a] "+x"(a) : [mem] "m"(*p), [imm] "i"(kImm));
-  return a;
+  return insert_ps_mem<kImm>(a, p);
 }
 
 inline __m128 gather4(const float* xs, const uint8_t* o) {
