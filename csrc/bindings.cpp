@@ -103,6 +103,10 @@ CsrWeight make_csr(int64_t rows, int64_t cols, const py::dict& a) {
     ci = c.data, n_ci = c.len;
   }
   const auto v = vec<float>(a["values"], "values", "float32");
+  // One canonical form: what a state_dict stores and loads back (int32 only past 65536 columns).
+  require(u16 == (cols <= 65536), std::string("col_idx must be ") +
+                                      (cols <= 65536 ? "uint16" : "int32") + " for " +
+                                      std::to_string(cols) + " columns");
   py::gil_scoped_release release;
   return rethrow_invalid("CSR", [&] {
     return CsrWeight(rows, cols, rp.data, rp.len, ci, u16 ? 16 : 32, n_ci, v.data, v.len);
@@ -267,8 +271,35 @@ bool linear(const W& w, const py::array& x, const py::object& bias, py::array& y
   return any_nonfinite(x_ptr, batch, w.cols, ldx);
 }
 
+// Every index a kernel computes fits int32 rows/columns; larger shapes are refused up front
+// (before any loop over rows or tiles could run for hours on a forged shape).
+constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;
+
+template <class Make>
+auto checked_make(Make make) {
+  return [make](const py::object& rows_o, const py::object& cols_o, const py::object& params_o,
+                const py::object& arrays_o) {
+    require(py::isinstance<py::int_>(rows_o) && py::isinstance<py::int_>(cols_o),
+            "rows and cols must be ints");
+    require(py::isinstance<py::tuple>(params_o), "params must be a tuple of ints");
+    require(py::isinstance<py::dict>(arrays_o), "arrays must be a dict of numpy arrays");
+    const py::tuple params = params_o.cast<py::tuple>();
+    for (const auto& p : params) {
+      require(py::isinstance<py::int_>(p), "params must be ints");
+      const py::int_ v = py::reinterpret_borrow<py::int_>(p);
+      require(v >= py::int_(0) && v <= py::int_(1 << 20), "params must be small non-negative ints");
+    }
+    const py::int_ rows_i = rows_o.cast<py::int_>(), cols_i = cols_o.cast<py::int_>();
+    require(rows_i >= py::int_(0) && rows_i <= py::int_(kMaxDim) && cols_i >= py::int_(0) &&
+                cols_i <= py::int_(kMaxDim),
+            "rows and cols must be in [0, 2**31)");
+    return make(rows_o.cast<int64_t>(), cols_o.cast<int64_t>(), params, arrays_o.cast<py::dict>());
+  };
+}
+
 template <class W, class Make>
-void bind_weight(py::module_& m, const char* name, const char* doc, Make make) {
+void bind_weight(py::module_& m, const char* name, const char* doc, Make make_raw) {
+  auto make = checked_make(make_raw);
   py::class_<W>(m, name, doc)
       .def(py::init(make))
       .def_readonly("rows", &W::rows)
@@ -283,8 +314,7 @@ void bind_weight(py::module_& m, const char* name, const char* doc, Make make) {
           [](const W& w) { return py::make_tuple(w.rows, w.cols, params_of(w), arrays_of(w)); },
           [make](const py::tuple& t) {
             require(t.size() == 4, std::string("bad pickled ") + "weight state");
-            return make(t[0].cast<int64_t>(), t[1].cast<int64_t>(), t[2].cast<py::tuple>(),
-                        t[3].cast<py::dict>());
+            return make(t[0], t[1], t[2], t[3]);
           }));
   m.def("linear", &linear<W>, py::arg("weight"), py::arg("x"), py::arg("bias"), py::arg("y"),
         py::arg("nthreads"), py::arg("plan") = py::none());

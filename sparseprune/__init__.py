@@ -6,6 +6,7 @@ from .config import show_config
 from .convert import ConvertReport, LayerReport, convert, register_converter
 from .formats import CSR, FORMATS, SELL
 from .nn import SparseLinear
+from .nn.packed import prepare_for_compile
 from .ops import get_num_threads, set_num_threads
 from .pruning import Protect, Pruner, PruneReport, prune, remove, summary
 
@@ -27,6 +28,7 @@ __all__ = [
     "__version__",
     "convert",
     "get_num_threads",
+    "prepare_for_compile",
     "prune",
     "register_converter",
     "remove",

@@ -184,6 +184,26 @@ def _cache_store(key: str, value: dict) -> None:
             pass  # a read-only home only costs a re-measurement next time
 
 
+def _cached_choice(entry: object, cands: Sequence[Candidate]
+                   ) -> tuple[Candidate, dict[str, float]] | None:
+    """A cache entry as (candidate, speedups), or None when it is malformed in any way (the
+    file is the user's: anything in it is only a hint, re-measured when it does not parse)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("choice"), str):
+        return None
+    speedups = entry.get("speedups", {})
+    if not isinstance(speedups, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in speedups.items()):
+        return None
+    try:
+        cand = Candidate.parse(entry["choice"])
+    except ValueError:
+        return None
+    if cand not in cands:
+        return None
+    return cand, {k: float(v) for k, v in speedups.items()}
+
+
 def choose(cands: Sequence[Candidate], keep: torch.Tensor, inputs: Sequence[torch.Tensor],
            build: Callable[[Candidate], Callable[[torch.Tensor], torch.Tensor]],
            dense: Callable[[torch.Tensor], torch.Tensor], *, min_speedup: float = 1.0,
@@ -202,11 +222,9 @@ def choose(cands: Sequence[Candidate], keep: torch.Tensor, inputs: Sequence[torc
     batch_sizes = tuple(int(x.reshape(-1, x.shape[-1]).shape[0]) for x in inputs)
     key = _cache_key(tuple(keep.shape), keep, cands, batch_sizes, ops.get_num_threads())
     if cache:
-        hit = _cache_load().get(key)
-        if isinstance(hit, dict) and "choice" in hit:
-            cand = Candidate.parse(str(hit["choice"]))
-            if cand in cands:
-                return Choice(cand, "cached", dict(hit.get("speedups", {})), batch_sizes)
+        hit = _cached_choice(_cache_load().get(key), cands)
+        if hit is not None:
+            return Choice(hit[0], "cached", hit[1], batch_sizes)
     worst: dict[str, float] = {Candidate(DENSE).label: 1.0}
     with torch.inference_mode():
         for cand in cands:

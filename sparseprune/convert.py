@@ -194,8 +194,9 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
     allowed = None if formats == "auto" else [formats] if isinstance(formats, str) else \
         list(formats)
     _choose.candidates_for(torch.zeros(0, 0, dtype=torch.bool), allowed)  # name check first
-    sizes = None if batch_sizes is None else [int(b) for b in batch_sizes]
-    if sizes is not None and (not sizes or any(b < 1 for b in sizes)):
+    sizes = None if batch_sizes is None else list(batch_sizes)
+    if sizes is not None and (not sizes or any(isinstance(b, bool) or not isinstance(b, int)
+                                               or b < 1 for b in sizes)):
         raise ValueError(f"convert: batch_sizes must be positive ints, got {batch_sizes}")
     include = list(include) if include is not None else None
     exclude = list(exclude) if exclude is not None else []
@@ -231,6 +232,8 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             reason = "excluded"
         elif weight.device.type != "cpu":
             reason = f"on {weight.device}"
+        elif numel == 0:
+            reason = "empty weight"
         elif sparsity < min_sparsity:
             reason = f"sparsity {sparsity:.3f} < min_sparsity {min_sparsity}"
         if reason is not None:

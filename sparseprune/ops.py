@@ -139,7 +139,7 @@ class _NativeCache:
     """Native weights built by the custom op, keyed by the identity and version of the buffers
     they came from, so a traced graph validates its constant buffers once, not every call."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 8) -> None:
         self._lock = threading.Lock()
         self._items: dict[tuple, object] = {}
         self._size = size
@@ -156,7 +156,11 @@ class _NativeCache:
             hit = self._items.get(k)
         if hit is not None and hit[1] == [id(t) for t in tensors]:
             return hit[0]
-        arrays = {n: t.detach().contiguous().numpy() for n, t in zip(names, tensors, strict=True)}
+        for t in tensors:
+            if t.layout != torch.strided or t.device.type != "cpu":
+                raise ValueError("sparseprune::linear: packed buffers must be dense CPU tensors")
+        arrays = {n: t.detach().resolve_neg().resolve_conj().contiguous().numpy()
+                  for n, t in zip(names, tensors, strict=True)}
         native = make_weight(format_id, rows, cols, params, arrays)
         with self._lock:
             if len(self._items) >= self._size:

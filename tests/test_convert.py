@@ -164,3 +164,37 @@ def test_formats_argument_limits_the_choice_and_rejects_unknown_names():
         convert(lin, formats=["nope"])
     with pytest.raises(ValueError, match="batch_sizes"):
         convert(lin, example_inputs=torch.randn(1, 256), batch_sizes=[0])
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (8, 0)])
+def test_empty_layers_stay_dense(shape):
+    model = nn.Sequential(nn.Linear(shape[1], shape[0]))
+    _, report = convert(model, example_inputs=torch.randn(2, shape[1]))
+    assert report.layers[0].format is None and report.layers[0].reason == "empty weight"
+
+
+@pytest.mark.parametrize("entry", [{"choice": "nmX:Y"}, {"choice": "sell", "speedups": [1, 2]},
+                                   {"choice": "sell", "speedups": None},
+                                   {"choice": "sell", "speedups": {"sell": "fast"}},
+                                   {"choice": 7}, [1, 2]])
+def test_malformed_cache_entries_are_remeasured(entry, monkeypatch):
+    import json
+
+    from sparseprune import choose
+
+    lin = _structured("unstructured")
+    x = torch.randn(2, 256)
+    convert(lin, example_inputs=x)
+    path = choose.cache_path()
+    data = json.load(open(path))
+    for key in data:
+        data[key] = entry
+    json.dump(data, open(path, "w"))
+    _, report = convert(lin, example_inputs=x)
+    assert report.layers[0].how == "measured"
+
+
+@pytest.mark.parametrize("bad", [[1.7], [True], []])
+def test_batch_sizes_must_be_positive_ints(bad):
+    with pytest.raises(ValueError, match="batch_sizes"):
+        convert(_structured("unstructured"), example_inputs=torch.randn(1, 256), batch_sizes=bad)

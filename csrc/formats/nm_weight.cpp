@@ -50,8 +50,13 @@ NmWeight::NmWeight(int64_t rows_, int64_t cols_, int64_t n_, int64_t m_, const f
   if (!(1 <= n && n < m && m <= 16))
     fail("N:M sparsity needs 1 <= n < m <= 16, got n = " + std::to_string(n) +
          ", m = " + std::to_string(m));
-  groups = (cols + m - 1) / m;
-  const int64_t len = rows * groups * n;
+  groups = cols / m + (cols % m != 0);
+  int64_t len = 0;
+  // Overflow-checked: a wrapped product would let short arrays pass the length check.
+  if (__builtin_mul_overflow(rows, groups, &len) || __builtin_mul_overflow(len, n, &len) ||
+      len > (int64_t{1} << 40))
+    fail("shape (" + std::to_string(rows) + ", " + std::to_string(cols) + ") with " +
+         std::to_string(n) + ":" + std::to_string(m) + " is too large");
   if (values_len != len || pos_len != len)
     fail("values has " + std::to_string(values_len) + " and pos " + std::to_string(pos_len) +
          " entries, expected rows * ceil(cols / m) * n = " + std::to_string(len));

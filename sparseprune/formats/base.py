@@ -72,8 +72,16 @@ def parse_header(header: object, *, name: str = "weight"
     if rows < 0 or cols < 0 or rows * cols >= 1 << 62:
         raise ValueError(f"{name}: implausible shape ({rows}, {cols}) in the header")
     params = tuple(values[6:6 + cls.NUM_PARAMS]) if len(values) == HEADER_LEN else ()
+    if any(values[6 + cls.NUM_PARAMS:]):
+        raise ValueError(f"{name}: unused header entries of a {cls.NAME} weight must be 0, got "
+                         f"{values[6 + cls.NUM_PARAMS:]}")
     cls.check_params(params, name=name)
     return cls, (rows, cols), params
+
+
+def plain_numpy(t: torch.Tensor):
+    """A contiguous NumPy view (or copy) of a CPU tensor, with negated/conjugated views resolved."""
+    return t.detach().resolve_neg().resolve_conj().contiguous().numpy()
 
 
 class PackedWeight:
@@ -179,6 +187,8 @@ class PackedWeight:
                 raise ValueError(f"{name}: {b} must be {dtypes[b]}, got {t.dtype}")
             if t.device.type != "cpu":
                 raise ValueError(f"{name}: {b} is on {t.device}; packed weights live on the CPU")
+            if t.layout != torch.strided:
+                raise TypeError(f"{name}: {b} must be a dense (strided) tensor, got {t.layout}")
         try:
             sizes = cls.expected_sizes((rows, cols), params, tensors)
         except ValueError as e:
@@ -186,7 +196,7 @@ class PackedWeight:
         for b, n in sizes.items():
             if n is not None and tensors[b].numel() != n:
                 raise ValueError(f"{name}: {b} has {tensors[b].numel()} entries, expected {n}")
-        arrays = {b: tensors[b].detach().contiguous().numpy() for b in cls.BUFFERS}
+        arrays = {b: plain_numpy(tensors[b]) for b in cls.BUFFERS}
         try:
             native = ops.make_weight(cls.FORMAT_ID, rows, cols, params, arrays)
         except ValueError as e:
@@ -231,8 +241,14 @@ class PackedWeight:
         return {"native": self.native, "shape": self.shape, "params": self.params}
 
     def __setstate__(self, state: dict) -> None:
-        # The native object re-validates its arrays when unpickled.
-        self.native, self.shape, self.params = state["native"], state["shape"], state["params"]
+        # The native object re-validates its arrays when unpickled; the Python side must then
+        # describe that same weight (a forged state could pair other params or a shape with it).
+        native, shape, params = state["native"], tuple(state["shape"]), tuple(state["params"])
+        if getattr(native, "format_id", None) != self.FORMAT_ID or \
+                (native.rows, native.cols) != shape or tuple(native.params) != params:
+            raise ValueError(f"pickled {self.NAME} weight does not match its native data "
+                             f"(shape {shape}, params {params})")
+        self.native, self.shape, self.params = native, shape, params
 
     def __repr__(self) -> str:
         extra = f", params={self.params}" if self.params else ""

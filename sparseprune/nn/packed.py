@@ -16,7 +16,29 @@ from torch import nn
 from .. import ops
 from ..formats import FORMATS, PackedWeight, parse_header
 
-__all__ = ["PackedModule"]
+__all__ = ["PackedModule", "prepare_for_compile"]
+
+
+def _real_tensors():
+    """A context in which new tensors are real even inside torch.export's fake mode."""
+    import contextlib
+
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+    except ImportError:  # older torch: no fake mode to leave
+        return contextlib.nullcontext()
+    return unset_fake_temporarily()
+
+
+def prepare_for_compile(model: nn.Module) -> nn.Module:
+    """Calls ``prepare_for_tracing`` on every packed module of ``model`` (returns ``model``).
+
+    Needed for ``torch.compile(model, fullgraph=True)``; without it compile still works, with a
+    graph break where a packed weight's tensors are first made."""
+    for m in model.modules():
+        if isinstance(m, PackedModule):
+            m.prepare_for_tracing()
+    return model
 
 _HEADER = "format_header"
 
@@ -102,18 +124,28 @@ class PackedModule(nn.Module):
         if cached is None or cached[0] is not self.weight:
             # Made outside torch.jit.trace's recording, so every trace (and trace's own
             # re-run check) sees the same constants rather than a from_numpy call.
+            # Also outside export's fake mode: the cache must hold real tensors (a FakeTensor
+            # kept here would leak into the next export or compile).
             get = getattr(torch._C, "_get_tracing_state", None)
             state = get() if get is not None else None
             if state is not None:
                 torch._C._set_tracing_state(None)
             try:
-                t = self.weight.tensors()
+                with _real_tensors():
+                    t = self.weight.tensors()
             finally:
                 if state is not None:
                     torch._C._set_tracing_state(state)
             cached = self.__dict__["_traced_cache"] = (self.weight,
                                                        [t[b] for b in self.weight.BUFFERS])
         return cached[1]
+
+    def prepare_for_tracing(self) -> None:
+        """Makes the tensors the traced custom op takes now (one canonical copy of the weight),
+        so ``torch.compile(fullgraph=True)`` finds them instead of calling into the native
+        object, which it cannot trace. ``sparseprune.prepare_for_compile(model)`` does it for
+        every packed module of a model."""
+        self._traced_tensors()
 
     # --- persistence ---
     def __getstate__(self):

@@ -146,3 +146,31 @@ def test_header_round_trip_and_rejection(cls):
 def test_legacy_six_entry_csr_header_still_loads():
     legacy = CSR.from_dense(torch.eye(3)).header()[:6]
     assert parse_header(legacy) == (CSR, (3, 3), ())
+
+
+def test_native_constructors_refuse_forged_shapes_and_params():
+    import numpy as np
+
+    from sparseprune import _C
+
+    nm = {"values": np.zeros(1 << 10, np.float32), "pos": np.zeros(1 << 10, np.uint8)}
+    with pytest.raises(ValueError, match=r"rows and cols must be in \[0, 2\*\*31\)"):
+        _C.NmWeight(2**61 + 2**21, 128, (1, 16), nm)
+    with pytest.raises(ValueError, match="too large|expected"):
+        _C.NmWeight(2**31 - 1, 2**31 - 1, (15, 16), nm)
+    csr = {"row_ptr": np.zeros(2, np.int64), "col_idx": np.zeros(0, np.uint16),
+           "values": np.zeros(0, np.float32)}
+    with pytest.raises(ValueError, match="params must be ints"):
+        _C.NmWeight(1, 4, ("2", 4), nm)
+    with pytest.raises(ValueError, match="rows and cols must be in"):
+        _C.SellWeight(1, 2**40, (), csr)
+    csr32 = dict(csr, col_idx=np.zeros(0, np.int32))
+    with pytest.raises(ValueError, match="col_idx must be uint16 for 8 columns"):
+        _C.CsrWeight(1, 8, (), csr32)
+
+
+def test_unused_header_entries_must_be_zero():
+    header = CSR.from_dense(torch.eye(3)).header()
+    header[6] = 4
+    with pytest.raises(ValueError, match="unused header entries"):
+        parse_header(header)

@@ -320,3 +320,39 @@ def test_jit_trace_records_the_custom_op_not_a_constant(fmt):
     for batch in (4, 9):
         x = torch.randn(batch, 96)
         assert_close_linear(traced(x), x, lin.weight.detach(), lin.bias.detach())
+
+
+@pytest.mark.parametrize("fmt", ["csr", "sell"])
+def test_export_twice_then_compile_fullgraph(fmt):
+    import sparseprune
+
+    lin = _pruned_linear()
+    sp = SparseLinear.from_dense(lin, format=fmt).eval()
+    x = torch.randn(5, 96)
+    for _ in range(2):  # the second export must not find fake tensors left by the first
+        exported = torch.export.export(sp, (x,))
+        assert_close_linear(exported.module()(x), x, lin.weight.detach(), lin.bias.detach())
+    torch._dynamo.reset()
+    compiled = torch.compile(sparseprune.prepare_for_compile(sp), fullgraph=True)
+    y = compiled(x)
+    assert type(y) is torch.Tensor
+    assert_close_linear(y, x, lin.weight.detach(), lin.bias.detach())
+
+
+def test_forged_pickle_state_is_refused():
+    sp = SparseLinear.from_dense(_pruned_linear(), format="csr")
+    state = sp.weight.__getstate__()
+    forged = dict(state, shape=(80, 95))
+    fresh = object.__new__(type(sp.weight))
+    with pytest.raises(ValueError, match="does not match its native data"):
+        fresh.__setstate__(forged)
+
+
+def test_negated_view_buffers_load():
+    sp = SparseLinear.from_dense(_pruned_linear())
+    state = sp.state_dict()
+    state["values"] = torch._neg_view(-state["values"])
+    fresh = SparseLinear(96, 80)
+    fresh.load_state_dict(state)
+    x = torch.randn(3, 96)
+    assert torch.equal(fresh(x), sp(x))
