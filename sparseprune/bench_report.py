@@ -11,14 +11,15 @@ from collections.abc import Sequence
 import torch
 
 from . import ops
-from .benchmark import BASELINE, OURS, Result, format_table
+from .benchmark import OURS, Result, format_table
 from .choose import cpu_model
 
 __all__ = ["write_report", "plot_speedups"]
 
 
 def plot_speedups(results: Sequence[Result], path: str | os.PathLike) -> None:
-    """Speedup vs dense over sparsity: one panel per batch size, a line per (pattern, method)."""
+    """Speedup vs dense over sparsity: one panel per batch size, a line per (pattern, method)
+    for sparseprune and torch CSR int32 (the strongest peer in every measured table)."""
     from .workflow.plots import _pyplot
 
     plt = _pyplot()
@@ -29,7 +30,9 @@ def plot_speedups(results: Sequence[Result], path: str | os.PathLike) -> None:
         for ax, batch in zip(axes[0], batches, strict=True):
             lines: dict[tuple[str, str, bool], list[tuple[float, float]]] = {}
             for r in results:
-                if r.case.batch != batch or r.method == BASELINE:
+                # Ours and the strongest peer family only: a line per method x pattern would
+                # drown the picture (the table has them all).
+                if r.case.batch != batch or r.method not in (OURS, "torch csr int32"):
                     continue
                 key = (r.case.pattern, r.method, r.case.cold)
                 lines.setdefault(key, []).append((100 * r.case.effective_sparsity, r.speedup))
@@ -46,7 +49,7 @@ def plot_speedups(results: Sequence[Result], path: str | os.PathLike) -> None:
             ax.set_xlabel("sparsity (%)")
             ax.grid(True, which="both", alpha=0.3)
         axes[0][0].set_ylabel("speedup vs torch dense (log)")
-        axes[0][-1].legend(fontsize=6, loc="upper left")
+        axes[0][-1].legend(fontsize=6, loc="best")
         fig.tight_layout()
         fig.savefig(path)
     finally:
@@ -54,9 +57,12 @@ def plot_speedups(results: Sequence[Result], path: str | os.PathLike) -> None:
 
 
 def write_report(results: Sequence[Result], path: str | os.PathLike, command: str) -> str:
-    """Appends a section to the markdown file ``path`` and writes ``<path stem>-speedup.png``;
-    returns the PNG path ('' when matplotlib is missing: the table is written anyway)."""
-    png = os.path.splitext(os.fspath(path))[0] + "-speedup.png"
+    """Appends a section to the markdown file ``path`` and writes
+    ``<path stem>-speedup-<date>-<time>.png`` beside it (one per section, so earlier sections keep
+    their plots); returns the PNG path ('' when matplotlib is missing: the table is written
+    anyway)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    png = f"{os.path.splitext(os.fspath(path))[0]}-speedup-{stamp}.png"
     try:
         plot_speedups(results, png)
     except ImportError:
