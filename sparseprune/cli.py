@@ -261,8 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a subcommand; a bad argument or input ends with one message on stderr and exit 2
+    (argparse's own convention), never a traceback."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # raise SystemExit("sparseprune ...: what is wrong")
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
