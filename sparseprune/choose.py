@@ -21,8 +21,8 @@ from . import ops
 from ._timing import calls_for, interleaved
 from .formats import BSR, FORMATS
 
-__all__ = ["Candidate", "Choice", "candidates_for", "choose", "cost_model", "cache_path",
-           "DENSE", "BLOCK_SHAPES", "NM_SIZES", "cpu_model"]
+__all__ = ["Candidate", "Choice", "candidates_for", "check_formats", "choose", "cost_model",
+           "cache_path", "DENSE", "BLOCK_SHAPES", "NM_SIZES", "cpu_model"]
 
 DENSE = "dense"
 # Block shapes tried, largest first (r x 1 blocks feed r outputs from one broadcast input).
@@ -74,6 +74,15 @@ class Choice:
         return self.speedups.get(self.candidate.label)
 
 
+def check_formats(allowed: Sequence[str] | None) -> set[str]:
+    """The format names ``allowed`` (None: every registered one); ValueError for unknown ones."""
+    allowed = set(FORMATS) if allowed is None else set(allowed)
+    unknown = allowed - set(FORMATS) - {DENSE}
+    if unknown:
+        raise ValueError(f"unknown format(s) {sorted(unknown)}; known: {sorted(FORMATS)}")
+    return allowed
+
+
 def candidates_for(keep: torch.Tensor, allowed: Sequence[str] | None = None) -> list[Candidate]:
     """Formats the mask ``keep`` [rows, cols] (bool) can use, dense first.
 
@@ -81,10 +90,7 @@ def candidates_for(keep: torch.Tensor, allowed: Sequence[str] | None = None) -> 
     the mask satisfies (when N < M); a block shape when its blocks store at most 5 % more values
     than are kept. ``allowed`` limits the format names (None: all registered).
     """
-    allowed = set(FORMATS) if allowed is None else set(allowed)
-    unknown = allowed - set(FORMATS) - {DENSE}
-    if unknown:
-        raise ValueError(f"unknown format(s) {sorted(unknown)}; known: {sorted(FORMATS)}")
+    allowed = check_formats(allowed)
     out = [Candidate(DENSE)]
     out += [Candidate(f) for f in ("sell", "csr") if f in allowed]
     rows, cols = keep.shape

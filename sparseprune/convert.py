@@ -193,7 +193,7 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
         raise ValueError(f"convert: min_sparsity must be in [0, 1], got {min_sparsity}")
     allowed = None if formats == "auto" else [formats] if isinstance(formats, str) else \
         list(formats)
-    _choose.candidates_for(torch.zeros(0, 0, dtype=torch.bool), allowed)  # name check first
+    _choose.check_formats(allowed)
     sizes = None if batch_sizes is None else list(batch_sizes)
     if sizes is not None and (not sizes or any(isinstance(b, bool) or not isinstance(b, int)
                                                or b < 1 for b in sizes)):

@@ -71,23 +71,6 @@ class NmWeight {
 // Kernels (LinearFn<NmWeight>, csrc/spmv/spmv_nm_f32_*.cpp and csrc/spmm/spmm_nm_f32_*.cpp)
 // write rows [16 u0, min(16 u1, rows)) of y. Zero-valued slots are multiplied like the others,
 // so a NaN/Inf in x may reach rows with no weight on it (callers fix non-finite rows anyway).
-void spmv_nm_f32_scalar(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                        const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmv_nm_f32_avx2(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                      const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmv_nm_f32_avx512(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                        const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmm_nm_f32_8x16_scalar(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                             const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmm_nm_f32_16x16_avx2(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                            const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmm_nm_f32_8x16_avx2(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                           const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmm_nm_f32_64x16_avx512(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                              const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmm_nm_f32_32x16_avx512(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                              const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
-void spmm_nm_f32_16x16_avx512(const NmWeight& w, const float* in, int64_t nvalid, int64_t ldx,
-                              const float* bias, float* y, int64_t ldy, int64_t u0, int64_t u1);
+// (declared from the kernel tables in kernels.h)
 
 }  // namespace sparseprune

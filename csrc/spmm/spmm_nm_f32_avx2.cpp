@@ -12,6 +12,7 @@
 #include <algorithm>
 
 #include "../formats/nm_weight.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 namespace {

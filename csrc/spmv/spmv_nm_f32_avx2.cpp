@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "../formats/nm_weight.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 namespace {

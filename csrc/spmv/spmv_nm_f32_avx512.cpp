@@ -15,6 +15,7 @@
 #include <algorithm>
 
 #include "../formats/nm_weight.h"
+#include "../kernels.h"
 
 namespace sparseprune {
 namespace {

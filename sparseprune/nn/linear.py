@@ -141,12 +141,8 @@ class SparseLinear(PackedModule):
         """x2: [B, in_features] float32 CPU with contiguous rows; eager mode."""
         if x2.stride(0) < x2.shape[1] and x2.shape[0] > 1:
             x2 = x2.contiguous()  # overlapping rows (e.g. expanded): the kernel needs real rows
-        d = self.__dict__
-        plan = d.get("_plan_cache") if d["_kernels"] else None
-        if d["_kernels"] and plan is None:
-            plan = self._plan()
-        y, nonfinite = ops.linear_numpy(d["_packed_weight"].native, x2.numpy(),
-                                        self._bias_numpy(), plan)
+        y, nonfinite = ops.linear_numpy(self.__dict__["_packed_weight"].native, x2.numpy(),
+                                        self._bias_numpy(), self._plan())
         if nonfinite:
             # Dense torch spreads a NaN/Inf input through the pruned zeros too (0 * Inf = NaN);
             # the kernel skips those zeros. Redo those rows densely so results match torch.
