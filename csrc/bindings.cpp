@@ -20,6 +20,7 @@
 #include "formats/weights.h"
 #include "kernels.h"
 #include "linear/driver.h"
+#include "py_util.h"
 
 #ifndef SPARSEPRUNE_VERSION
 #error "SPARSEPRUNE_VERSION must come from the build (pyproject's [project].version)"
@@ -30,18 +31,6 @@ using namespace sparseprune;
 
 namespace {
 
-// Threads one call may ask for; more is a mistake (and would start that many threads).
-constexpr int kMaxThreads = 1024;
-
-template <typename T>
-bool is_dtype(const py::array& a) {
-  // Equivalence, not identity: an unpickled array carries its own (equal) dtype object.
-  return py::isinstance<py::array_t<T, 0>>(a);
-}
-
-void require(bool ok, const std::string& msg) {
-  if (!ok) throw py::value_error(msg);
-}
 
 // A 1-D C-contiguous numpy array of T, borrowed (checked before anything is read or copied).
 // Only real ndarrays are taken: converting another object would make a temporary whose data
@@ -206,21 +195,6 @@ KernelPlan make_plan(int32_t format, const std::vector<std::string>& names) {
   return *out;
 }
 
-// True when any of the n floats is NaN or +-Inf (exponent bits all ones). Branch-free so the
-// compiler vectorizes it: ~0.1 ns per element, noise next to the matmul reading x anyway.
-bool any_nonfinite(const float* x, int64_t rows, int64_t cols, int64_t ld) {
-  uint32_t hits = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* p = x + r * ld;
-    for (int64_t i = 0; i < cols; ++i) {
-      uint32_t bits;
-      std::memcpy(&bits, p + i, sizeof bits);
-      hits |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-    }
-  }
-  return hits != 0;
-}
-
 // Row stride in elements of a 2-D float32 array whose rows are contiguous.
 int64_t row_stride(const py::array& a, const char* what) {
   require(a.ndim() == 2 && is_dtype<float>(a), std::string(what) + " must be a 2-D float32 array");
@@ -332,6 +306,8 @@ py::list list_kernels() {
         for (const auto& q : p.panels) is_default |= *f == q.fn;
       }
     });
+    if (const auto* f = std::get_if<ConvFn<CsrWeight>>(&k.fn))
+      for (const auto& q : default_conv_kernels<CsrWeight>()) is_default |= *f == q.fn;
     py::dict row;
     row["name"] = k.name;
     row["family"] = family_name(k.family);
@@ -369,6 +345,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("list_kernels", &list_kernels, "Every compiled kernel variant with its ISA and panel size.");
   m.def("cpu_info", &cpu_info, "ISAs detected on this CPU and allowed by SPARSEPRUNE_ISA.");
   m.def("dispatch_log", &dispatch_log, "What the default plans chose, one line per format.");
+
+  bind_conv(m);
 
   py::class_<KernelPlan>(m, "KernelPlan", "A fixed choice of kernels for one weight format")
       .def(py::init(&make_plan), py::arg("format_id"), py::arg("names"))

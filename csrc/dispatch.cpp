@@ -35,7 +35,9 @@ template <class W>
 LinearPlan<W> build_default() {
   LinearPlan<W> plan;
   for (const KernelInfo& k : all_kernels())
-    if (k.format == W::kFormat && cpu_supports(k) && isa_allowed(k)) add_row(plan, k);
+    if (k.format == W::kFormat && k.family != Family::kSpconv && cpu_supports(k) &&
+        isa_allowed(k))
+      add_row(plan, k);
   return plan;
 }
 
@@ -80,6 +82,8 @@ LinearPlan<W> plan_from_names(const std::vector<std::string>& names) {
     if (k->format != W::kFormat)
       throw std::invalid_argument("kernel '" + n + "' runs " + format_name(k->format) +
                                   " weights, not " + format_name(W::kFormat));
+    if (k->family == Family::kSpconv)
+      throw std::invalid_argument("kernel '" + n + "' is a convolution kernel, not a linear one");
     if (!cpu_supports(*k))
       throw std::invalid_argument("kernel '" + n + "' needs " + isa_name(k->isa) +
                                   ", which this CPU does not support");
@@ -98,13 +102,61 @@ std::vector<std::string> plan_names(const LinearPlan<W>& plan) {
   return out;
 }
 
+template <class W>
+const std::vector<ConvKernel<W>>& default_conv_kernels() {
+  static const std::vector<ConvKernel<W>> rows = [] {
+    std::vector<ConvKernel<W>> out;
+    uint32_t isa = 0;  // the first runnable row's ISA: the table lists the best ISA first
+    for (const KernelInfo& k : all_kernels()) {
+      const ConvFn<W>* f = std::get_if<ConvFn<W>>(&k.fn);
+      if (f == nullptr || !cpu_supports(k) || !isa_allowed(k)) continue;
+      if (isa == 0) isa = k.isa;
+      if (k.isa == isa) out.push_back({*f, k.mr, k.name});
+    }
+    return out;
+  }();
+  return rows;
+}
+
+template <class W>
+ConvKernel<W> pick_conv_kernel(const std::vector<ConvKernel<W>>& rows, int64_t pixels) {
+  // Tiles run in whole widths: a width that leaves most of the last tile empty wastes it (a
+  // 7 x 9 output in 128-pixel tiles is half padding). Among widths wasting about the same,
+  // wider is better (fewer passes over the taps per pixel): ~8 pixels' worth per tile.
+  ConvKernel<W> best;
+  double best_cost = 0;
+  for (const ConvKernel<W>& k : rows) {
+    const int64_t tiles = (pixels + k.px - 1) / k.px;
+    const double cost = static_cast<double>(tiles * k.px) * (1.0 + 8.0 / k.px);
+    if (best.fn == nullptr || cost < best_cost) best = k, best_cost = cost;
+  }
+  if (best.fn == nullptr) throw std::invalid_argument("no convolution kernel for this format");
+  return best;
+}
+
+template <class W>
+ConvKernel<W> conv_kernel_from_name(const std::string& name) {
+  const KernelInfo* k = find_kernel(name);
+  if (k == nullptr) throw std::invalid_argument("unknown kernel '" + name + "' (see list_kernels())");
+  const ConvFn<W>* f = std::get_if<ConvFn<W>>(&k->fn);
+  if (f == nullptr)
+    throw std::invalid_argument("kernel '" + name + "' is not a convolution kernel for " +
+                                format_name(W::kFormat) + " weights");
+  if (!cpu_supports(*k))
+    throw std::invalid_argument("kernel '" + name + "' needs " + isa_name(k->isa) +
+                                ", which this CPU does not support");
+  return {*f, k->mr, k->name};
+}
+
 std::string dispatch_log() {
   std::string out;
   for_each_weight([&](auto* tag) {
     using W = std::remove_pointer_t<decltype(tag)>;
     out += (out.empty() ? "" : "\n") + describe(default_plan<W>());
   });
-  return out;
+  std::string conv;
+  for (const auto& k : default_conv_kernels<CsrWeight>()) conv += (conv.empty() ? "" : ", ") + std::string(k.name);
+  return out + "\ncsr conv: [" + conv + "] (tile width chosen per output size)";
 }
 
 #define SP_INSTANTIATE(W)                                                         \
@@ -116,5 +168,9 @@ SP_INSTANTIATE(SellWeight)
 SP_INSTANTIATE(BsrWeight)
 SP_INSTANTIATE(NmWeight)
 #undef SP_INSTANTIATE
+template const std::vector<ConvKernel<CsrWeight>>& default_conv_kernels<CsrWeight>();
+template ConvKernel<CsrWeight> pick_conv_kernel<CsrWeight>(const std::vector<ConvKernel<CsrWeight>>&,
+                                                           int64_t);
+template ConvKernel<CsrWeight> conv_kernel_from_name<CsrWeight>(const std::string&);
 
 }  // namespace sparseprune

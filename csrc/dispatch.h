@@ -25,6 +25,28 @@ LinearPlan<W> plan_from_names(const std::vector<std::string>& names);
 template <class W>
 std::vector<std::string> plan_names(const LinearPlan<W>& plan);
 
+// A convolution kernel row (ConvFn<W>) and its tile width in pixels.
+template <class W>
+struct ConvKernel {
+  ConvFn<W> fn = nullptr;
+  int px = 0;
+  const char* name = "";
+};
+
+// The convolution rows of format W at the best ISA the CPU runs (within the SPARSEPRUNE_ISA
+// cap), one per tile width.
+template <class W>
+const std::vector<ConvKernel<W>>& default_conv_kernels();
+
+// The row of `rows` whose tile width suits an output of `pixels` pixels per channel best.
+template <class W>
+ConvKernel<W> pick_conv_kernel(const std::vector<ConvKernel<W>>& rows, int64_t pixels);
+
+// The named convolution row; std::invalid_argument when unknown, not a conv row of W, or not
+// runnable on this CPU.
+template <class W>
+ConvKernel<W> conv_kernel_from_name(const std::string& name);
+
 // One line per format: what the default plans chose, e.g. "csr: spmv=..., spmm=[...]".
 std::string dispatch_log();
 

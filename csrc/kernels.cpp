@@ -13,13 +13,17 @@ namespace sparseprune {
 const std::vector<KernelInfo>& all_kernels() {
   static const std::vector<KernelInfo> table = {
 #define SP_KERNEL(isa, fn, W, mr, nr) \
-  {#fn, Family::kSpmm, W::kFormat, isa, mr, nr, AnyLinearFn(LinearFn<W>(&fn))},
+  {#fn, Family::kSpmm, W::kFormat, isa, mr, nr, AnyKernelFn(LinearFn<W>(&fn))},
 #include "spmm/spmm_kernels.inc"
 #undef SP_KERNEL
 #define SP_KERNEL(isa, fn, W, mr, nr) \
-  {#fn, Family::kSpmv, W::kFormat, isa, mr, nr, AnyLinearFn(LinearFn<W>(&fn))},
+  {#fn, Family::kSpmv, W::kFormat, isa, mr, nr, AnyKernelFn(LinearFn<W>(&fn))},
 #include "spmv/spmv_kernels.inc"
 #undef SP_KERNEL
+#define SP_CONV(isa, fn, W, px) \
+  {#fn, Family::kSpconv, W::kFormat, isa, px, 1, AnyKernelFn(ConvFn<W>(&fn))},
+#include "spconv/spconv_kernels.inc"
+#undef SP_CONV
   };
   return table;
 }
@@ -30,7 +34,14 @@ const KernelInfo* find_kernel(const std::string& name) {
   return nullptr;
 }
 
-const char* family_name(Family f) { return f == Family::kSpmm ? "spmm" : "spmv"; }
+const char* family_name(Family f) {
+  switch (f) {
+    case Family::kSpmv: return "spmv";
+    case Family::kSpmm: return "spmm";
+    case Family::kSpconv: return "spconv";
+  }
+  return "unknown";
+}
 
 const char* format_name(Format f) {
   switch (f) {

@@ -8,21 +8,28 @@
 #include <vector>
 
 #include "common/linear_fn.h"
+#include "conv/conv_fn.h"
 #include "formats/weights.h"
 
 namespace sparseprune {
 
-// One alternative per native weight type (formats/weights.h).
-using AnyLinearFn = VariantOver<LinearFn, WeightTypes>::type;
+// One alternative per (signature, native weight type) pair (formats/weights.h).
+template <class Tuple>
+struct AnyKernelFnOver;
+template <class... Ws>
+struct AnyKernelFnOver<std::tuple<Ws...>> {
+  using type = std::variant<LinearFn<Ws>..., ConvFn<Ws>...>;
+};
+using AnyKernelFn = AnyKernelFnOver<WeightTypes>::type;
 
 struct KernelInfo {
   const char* name;  // the function's name, e.g. "spmm_csr_f32_16x1_avx2"
   Family family;
   Format format;
   uint32_t isa;  // one Isa bit
-  int mr;        // spmm: batch rows per panel; spmv: 1
+  int mr;        // spmm: batch rows per panel; spmv: 1; spconv: output pixels per tile
   int nr;        // output rows per step
-  AnyLinearFn fn;
+  AnyKernelFn fn;
 };
 
 // Declarations of every table row: void fn(const W&, ...) with the LinearFn<W> signature.
@@ -32,6 +39,11 @@ struct KernelInfo {
 #include "spmm/spmm_kernels.inc"
 #include "spmv/spmv_kernels.inc"
 #undef SP_KERNEL
+#define SP_CONV(isa, fn, W, px)                                                              \
+  void fn(const W& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,  \
+          int64_t ldy, int64_t o0, int64_t o1);
+#include "spconv/spconv_kernels.inc"
+#undef SP_CONV
 
 // Every row of every table, in table order (most preferred first within a family and format).
 const std::vector<KernelInfo>& all_kernels();

@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .config import show_config
 from .convert import ConvertReport, LayerReport, convert, register_converter
 from .formats import CSR, FORMATS, SELL
-from .nn import SparseLinear
+from .nn import SparseConv2d, SparseLinear
 from .nn.packed import prepare_for_compile
 from .ops import get_num_threads, set_num_threads
 from .pruning import Protect, Pruner, PruneReport, prune, remove, summary
@@ -24,6 +24,7 @@ __all__ = [
     "Protect",
     "PruneReport",
     "Pruner",
+    "SparseConv2d",
     "SparseLinear",
     "__version__",
     "convert",

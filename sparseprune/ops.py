@@ -36,6 +36,9 @@ __all__ = [
     "is_tracing",
     "MAX_THREADS",
     "register_native",
+    "make_conv_plan",
+    "conv2d_numpy",
+    "conv2d",
 ]
 
 MAX_THREADS = 1024
@@ -229,6 +232,119 @@ def linear(x: torch.Tensor, format_id: int, shape: tuple[int, int], params: Sequ
     """
     return linear_op(x, int(format_id), int(shape[0]), int(shape[1]), [int(p) for p in params],
                      list(tensors), bias)
+
+
+# ---- direct sparse convolution ----
+
+def make_conv_plan(native: object, spec: Sequence[int], kernel: str | None = None) -> object:
+    """A CSR conv filter met with one input size (``_C.ConvPlan``): the geometry that maps every
+    kept tap to an input offset, and the kernel row (``kernel`` by name, None: chosen by the
+    output size). ``spec`` = (channels, height, width, kh, kw, stride_h, stride_w, dil_h, dil_w,
+    groups, pad_top, pad_left, pad_bottom, pad_right). ValueError when they do not fit."""
+    return _C.ConvPlan(native, tuple(int(v) for v in spec), kernel)
+
+
+def conv2d_numpy(plan: object, x: np.ndarray, bias: np.ndarray | None
+                 ) -> tuple[torch.Tensor, bool]:
+    """y = conv2d(x, W) + bias for a ``make_conv_plan`` plan.
+
+    Args:
+        x: [N, C, H, W] float32 C-contiguous (C, H, W those of the plan's spec).
+        bias: [O] float32 contiguous, or None.
+
+    Returns:
+        ([N, O, out_h, out_w] float32, whether x held NaN or Inf).
+    """
+    y = np.empty((x.shape[0], plan.weight.rows, plan.out_h, plan.out_w), dtype=np.float32)
+    n = _num_threads_override or torch.get_num_threads()
+    nonfinite = _C.conv2d(plan, x, bias, y, n if n <= MAX_THREADS else MAX_THREADS)
+    return torch.from_numpy(y), nonfinite
+
+
+class _ConvPlanCache:
+    """Conv plans of the custom op, per (native weight, spec): building one walks every tap."""
+
+    def __init__(self, size: int = 16) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple, tuple[object, object]] = {}
+        self._size = size
+
+    def get(self, native: object, spec: tuple[int, ...]) -> object:
+        k = (id(native), spec)
+        with self._lock:
+            hit = self._items.get(k)
+        if hit is not None and hit[0] is native:
+            return hit[1]
+        plan = make_conv_plan(native, spec)
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.pop(next(iter(self._items)))
+            self._items[k] = (native, plan)
+        return plan
+
+
+_conv_plans = _ConvPlanCache()
+
+
+def _conv2d_impl(x: torch.Tensor, format_id: int, rows: int, cols: int, params: list[int],
+                 tensors: list[torch.Tensor], bias: torch.Tensor | None,
+                 conv: list[int]) -> torch.Tensor:
+    names = _BUFFER_NAMES.get(int(format_id))
+    if names is None or len(names) != len(tensors) or _NATIVE.get(int(format_id)) is not \
+            _C.CsrWeight:
+        raise ValueError(f"sparseprune::conv2d: format id {format_id} is not a CSR conv filter")
+    if x.dim() != 4 or x.dtype != torch.float32:
+        raise ValueError(f"sparseprune::conv2d: x must be [N, C, H, W] float32, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (rows,)):
+        raise ValueError(f"sparseprune::conv2d: bias must be float32 [{rows}]")
+    if len(conv) != 11:
+        raise ValueError("sparseprune::conv2d: conv must hold (kh, kw, stride_h, stride_w, "
+                         "dil_h, dil_w, groups, pad_top, pad_left, pad_bottom, pad_right)")
+    native = _cache.get(int(format_id), rows, cols, params, names, tensors)
+    spec = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]), *(int(v) for v in conv))
+    plan = _conv_plans.get(native, spec)
+    b = None if bias is None else bias.detach().contiguous().numpy()
+    return conv2d_numpy(plan, x.detach().contiguous().numpy(), b)[0]
+
+
+def _register_conv_op():
+    custom_op = getattr(torch.library, "custom_op", None)
+    if custom_op is None:
+        return _conv2d_impl
+
+    @custom_op("sparseprune::conv2d", mutates_args=(), device_types="cpu")
+    def op(x: torch.Tensor, format_id: int, rows: int, cols: int, params: list[int],
+           tensors: list[torch.Tensor], bias: torch.Tensor | None,
+           conv: list[int]) -> torch.Tensor:
+        return _conv2d_impl(x, format_id, rows, cols, params, tensors, bias, conv)
+
+    @op.register_fake
+    def _(x, format_id, rows, cols, params, tensors, bias, conv):
+        kh, kw, sh, sw, dh, dw, _g, pt, pl, pb, pr = conv
+        oh = (x.shape[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (x.shape[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        return x.new_empty((x.shape[0], rows, oh, ow))
+
+    return op
+
+
+conv2d_op = _register_conv_op()
+
+
+def conv2d(x: torch.Tensor, format_id: int, shape: tuple[int, int], params: Sequence[int],
+           tensors: Sequence[torch.Tensor], bias: torch.Tensor | None,
+           conv: Sequence[int]) -> torch.Tensor:
+    """The traceable sparse conv2d (one custom op for ``torch.compile`` / ``torch.export``).
+
+    Args:
+        x: [N, C, H, W] float32 CPU. format_id / shape / params / tensors: the CSR filter
+            [O, C/groups * kh * kw] as canonical buffers. bias: [O] float32 or None.
+        conv: (kh, kw, stride_h, stride_w, dil_h, dil_w, groups, pad_top, pad_left,
+            pad_bottom, pad_right).
+    """
+    return conv2d_op(x, int(format_id), int(shape[0]), int(shape[1]), [int(p) for p in params],
+                     list(tensors), bias, [int(v) for v in conv])
 
 
 _compiler = getattr(torch, "compiler", None)

@@ -16,7 +16,8 @@ enum class Format : int32_t { kCsr = 1, kSell = 2, kBsr = 3, kNm = 4 };
 // spmv: `in` is x itself, rows r < nvalid at in + r * ldx (the small-batch path);
 // spmm: `in` is an activation panel of MR = the row's mr batch rows packed transposed,
 //       in[k * MR + r] = x[r, k], zero for r >= nvalid, 64-byte aligned; ldx is MR.
-enum class Family : int32_t { kSpmv = 0, kSpmm = 1 };
+// spconv: direct sparse convolution (conv/conv_fn.h has its own signature).
+enum class Family : int32_t { kSpmv = 0, kSpmm = 1, kSpconv = 2 };
 
 // Writes y[r * ldy + o] = bias[o] + sum_k W[o, k] x[r, k] for r < nvalid and every output row o
 // of units [u0, u1). bias may be null. Inputs were validated when the weight was built.

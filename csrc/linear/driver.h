@@ -50,6 +50,27 @@ float* panel_scratch(size_t floats);  // per calling thread, 64-B aligned; 0 fre
 void release_large_scratch(size_t floats);
 void pack_panel(const float* x, int64_t ldx, int64_t nvalid, int64_t K, int mr, float* panel);
 
+// Unit bounds of the work chunks for nt threads (kChunksPerThread each, taken dynamically),
+// with equal shares of W's unit cost: pruned rows are uneven. [nchunks + 1] entries.
+template <class W>
+std::vector<int64_t> cost_bounds(const W& w, int nt) {
+  const int64_t units = w.units();
+  const int64_t total = w.unit_cost(units);
+  const int64_t nchunks = nt > 1 ? std::min<int64_t>(units, int64_t{nt} * kChunksPerThread) : 1;
+  std::vector<int64_t> bounds(nchunks + 1, units);
+  bounds[0] = 0;
+  for (int64_t i = 1; i < nchunks; ++i) {
+    const int64_t target = total * i / nchunks;
+    int64_t lo = bounds[i - 1], hi = units;  // first u with unit_cost(u) >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (w.unit_cost(mid) < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[i] = lo;
+  }
+  return bounds;
+}
+
 }  // namespace detail
 
 // x: [batch, w.cols] with row stride ldx; y: [batch, w.rows] with row stride ldy; bias:
@@ -80,19 +101,8 @@ void run_linear(const W& w, const LinearPlan<W>& plan, const float* x, int64_t b
   const int64_t work = total * batch;
   const int nt = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>({nthreads, units, work / kMinWorkPerThread})));
-  const int64_t nchunks = nt > 1 ? std::min<int64_t>(units, int64_t{nt} * kChunksPerThread) : 1;
-  // Unit bounds with equal shares of cost: pruned rows are uneven.
-  std::vector<int64_t> bounds(nchunks + 1, units);
-  bounds[0] = 0;
-  for (int64_t i = 1; i < nchunks; ++i) {
-    const int64_t target = total * i / nchunks;
-    int64_t lo = bounds[i - 1], hi = units;  // first u with unit_cost(u) >= target
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (w.unit_cost(mid) < target) lo = mid + 1; else hi = mid;
-    }
-    bounds[i] = lo;
-  }
+  const std::vector<int64_t> bounds = cost_bounds(w, nt);
+  const int64_t nchunks = static_cast<int64_t>(bounds.size()) - 1;
 
   const int nitems = static_cast<int>(items.size());
   if (panel_floats) {

@@ -116,27 +116,6 @@ class SparseLinear(PackedModule):
             return self._run(x)
         return self._forward_general(x)
 
-    def _bias(self) -> torch.Tensor | None:
-        b = self._buffers["bias"]
-        if b is not None and not (b.dtype is torch.float32 and b.is_contiguous()):
-            b = b.to(torch.float32).contiguous()
-        return b
-
-    def _bias_numpy(self):
-        """A NumPy view of the float32 bias, kept while the buffer (and its storage) stay the
-        same object; in-place edits of its values need no refresh (the view shares memory)."""
-        b = self._buffers["bias"]
-        if b is None:
-            return None
-        cached = self.__dict__.get("_bias_np")
-        if cached is not None and cached[0] is b and cached[1] == b.data_ptr():
-            return cached[2]
-        if not (b.dtype is torch.float32 and b.is_contiguous()):
-            return self._bias().detach().numpy()  # a converted copy: never cached (could go stale)
-        view = b.detach().numpy()
-        self.__dict__["_bias_np"] = (b, b.data_ptr(), view)
-        return view
-
     def _run(self, x2: torch.Tensor) -> torch.Tensor:
         """x2: [B, in_features] float32 CPU with contiguous rows; eager mode."""
         if x2.stride(0) < x2.shape[1] and x2.shape[0] > 1:

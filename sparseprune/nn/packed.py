@@ -78,8 +78,8 @@ class PackedModule(nn.Module):
             raise ValueError(f"{self._where()}: weight shape {weight.shape} does not match "
                              f"{self._expected_shape()}")
         self.__dict__["_packed_weight"] = weight
-        self.__dict__.pop("_plan_cache", None)
-        self.__dict__.pop("_traced_cache", None)
+        for key in self._DERIVED:
+            self.__dict__.pop(key, None)
 
     @property
     def weight(self) -> PackedWeight:
@@ -103,9 +103,16 @@ class PackedModule(nn.Module):
     def kernels(self, names: tuple[str, ...]) -> None:
         names = tuple(names)
         if names:
-            ops.make_plan(self.weight.FORMAT_ID, names)  # ValueError now, not at the first call
+            self._check_kernels(names)  # ValueError now, not at the first call
         self.__dict__["_kernels"] = names
         self.__dict__.pop("_plan_cache", None)
+
+    def _check_kernels(self, names: tuple[str, ...]) -> None:
+        """ValueError unless ``names`` are kernels this module's weight can run here."""
+        ops.make_plan(self.weight.FORMAT_ID, names)
+
+    # Derived, machine-specific entries of __dict__: dropped when pickled, rebuilt on use.
+    _DERIVED = ("_plan_cache", "_traced_cache", "_bias_np")
 
     def _plan(self) -> object | None:
         """The native kernel plan for ``kernels`` (None: default), built once."""
@@ -147,21 +154,42 @@ class PackedModule(nn.Module):
         every packed module of a model."""
         self._traced_tensors()
 
+    # --- the bias ---
+    def _bias(self) -> torch.Tensor | None:
+        b = self._buffers["bias"]
+        if b is not None and not (b.dtype is torch.float32 and b.is_contiguous()):
+            b = b.to(torch.float32).contiguous()
+        return b
+
+    def _bias_numpy(self):
+        """A NumPy view of the float32 bias, kept while the buffer (and its storage) stay the
+        same object; in-place edits of its values need no refresh (the view shares memory)."""
+        b = self._buffers["bias"]
+        if b is None:
+            return None
+        cached = self.__dict__.get("_bias_np")
+        if cached is not None and cached[0] is b and cached[1] == b.data_ptr():
+            return cached[2]
+        if not (b.dtype is torch.float32 and b.is_contiguous()):
+            return self._bias().detach().numpy()  # a converted copy: never cached (could go stale)
+        view = b.detach().numpy()
+        self.__dict__["_bias_np"] = (b, b.data_ptr(), view)
+        return view
+
     # --- persistence ---
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         # Derived, machine-specific: rebuilt on first use after unpickling.
-        state.pop("_plan_cache", None)
-        state.pop("_traced_cache", None)
-        state.pop("_bias_np", None)
+        for key in self._DERIVED:
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         if self.__dict__["_kernels"]:
             try:
-                ops.make_plan(self.weight.FORMAT_ID, self.__dict__["_kernels"])
+                self._check_kernels(self.__dict__["_kernels"])
             except ValueError:
                 # Unpickled on a CPU that cannot run the stored choice: same results with the
                 # default kernels, only the speed choice is lost.
@@ -189,7 +217,6 @@ class PackedModule(nn.Module):
             tensors = {b: state_dict[prefix + b] for b in cls.BUFFERS}
             self._set_weight(cls.from_tensors(tensors, shape, params, name=where))
             self.__dict__["_kernels"] = ()  # a choice made for another weight does not apply
-            self.__dict__.pop("_plan_cache", None)
         else:
             present = [k for k in ours if k in state_dict]
             if present:

@@ -1,0 +1,17 @@
+// The one signature every direct sparse convolution kernel has (csrc/spconv/*.cpp).
+#pragma once
+#include <cstdint>
+
+#include "conv_geometry.h"
+
+namespace sparseprune {
+
+// Writes y[o * ldy + p] = bias[o] + sum_j W[o, j] * xq[g.offsets[j] + p] for p < g.pixels and
+// output channels o in [o0, o1); bias may be null. xq is one image's prepared input (or the
+// input itself when g.direct). Only pixels < g.pixels are read past their tap and written:
+// the last tile is masked. Inputs were validated when the weight and geometry were built.
+template <class W>
+using ConvFn = void (*)(const W& w, const ConvGeometry& g, const float* xq, const float* bias,
+                        float* y, int64_t ldy, int64_t o0, int64_t o1);
+
+}  // namespace sparseprune

@@ -1,0 +1,88 @@
+// Direct sparse convolution over CSR filters, AVX2 + FMA (this file alone gets -mavx2 -mfma).
+// The AVX-512 kernel's scheme (spconv_csr_f32_avx512.cpp) with ymm pixel vectors: 64-pixel
+// tiles use one set of 8 accumulators (16 ymm registers leave no room for two), 32- and
+// 16-pixel tiles two sets taken by alternate taps. The last tile is masked (vmaskmovps).
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "../kernels.h"
+
+namespace sparseprune {
+namespace {
+
+template <int V, int S, bool kTail>
+inline void tile(const CsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias,
+                 float* y, int64_t ldy, int64_t o0, int64_t o1, int64_t p0, int rem) {
+  const float* val = w.values.data();
+  const int32_t* off = g.offsets.data();
+  __m256i m[V];
+  for (int q = 0; q < V; ++q) {
+    const int left = std::max(0, std::min(8, rem - 8 * q));
+    m[q] = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  auto load = [&](const float* p, int q) {
+    return kTail ? _mm256_maskload_ps(p, m[q]) : _mm256_loadu_ps(p);
+  };
+  const float* xp = xq + p0;
+  const int64_t nb1 = g.nb + 1;
+  for (int64_t b = 0; b < g.nb; ++b) {
+    for (int64_t o = o0; o < o1; ++o) {
+      float* yo = y + o * ldy + p0;
+      __m256 a[S][V];
+      for (int q = 0; q < V; ++q) {
+        a[0][q] = b == 0 ? _mm256_set1_ps(bias ? bias[o] : 0.f) : load(yo + 8 * q, q);
+        for (int t = 1; t < S; ++t) a[t][q] = _mm256_setzero_ps();
+      }
+      int64_t j = g.blk[o * nb1 + b];
+      const int64_t je = g.blk[o * nb1 + b + 1];
+      for (; j + S <= je; j += S) {
+        for (int t = 0; t < S; ++t) {
+          const float* xt = xp + off[j + t];
+          const __m256 wt = _mm256_set1_ps(val[j + t]);
+          for (int q = 0; q < V; ++q) a[t][q] = _mm256_fmadd_ps(wt, load(xt + 8 * q, q), a[t][q]);
+        }
+      }
+      for (; j < je; ++j) {
+        const float* x0 = xp + off[j];
+        const __m256 w0 = _mm256_set1_ps(val[j]);
+        for (int q = 0; q < V; ++q) a[0][q] = _mm256_fmadd_ps(w0, load(x0 + 8 * q, q), a[0][q]);
+      }
+      for (int q = 0; q < V; ++q) {
+        __m256 r = a[0][q];
+        for (int t = 1; t < S; ++t) r = _mm256_add_ps(r, a[t][q]);
+        if (kTail) _mm256_maskstore_ps(yo + 8 * q, m[q], r);
+        else _mm256_storeu_ps(yo + 8 * q, r);
+      }
+    }
+  }
+}
+
+template <int V, int S>
+void run(const CsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,
+         int64_t ldy, int64_t o0, int64_t o1) {
+  constexpr int PX = 8 * V;
+  int64_t p0 = 0;
+  for (; p0 + PX <= g.pixels; p0 += PX) tile<V, S, false>(w, g, xq, bias, y, ldy, o0, o1, p0, PX);
+  if (p0 < g.pixels)
+    tile<V, S, true>(w, g, xq, bias, y, ldy, o0, o1, p0, static_cast<int>(g.pixels - p0));
+}
+
+}  // namespace
+
+void spconv_csr_f32_64px_avx2(const CsrWeight& w, const ConvGeometry& g, const float* xq,
+                              const float* bias, float* y, int64_t ldy, int64_t o0, int64_t o1) {
+  run<8, 1>(w, g, xq, bias, y, ldy, o0, o1);
+}
+
+void spconv_csr_f32_32px_avx2(const CsrWeight& w, const ConvGeometry& g, const float* xq,
+                              const float* bias, float* y, int64_t ldy, int64_t o0, int64_t o1) {
+  run<4, 2>(w, g, xq, bias, y, ldy, o0, o1);
+}
+
+void spconv_csr_f32_16px_avx2(const CsrWeight& w, const ConvGeometry& g, const float* xq,
+                              const float* bias, float* y, int64_t ldy, int64_t o0, int64_t o1) {
+  run<2, 2>(w, g, xq, bias, y, ldy, o0, o1);
+}
+
+}  // namespace sparseprune
