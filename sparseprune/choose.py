@@ -157,12 +157,14 @@ def cpu_model() -> str:
 _lock = threading.Lock()
 
 
-def _cache_key(shape, keep: torch.Tensor, cands, batch_sizes, threads) -> str:
+def _cache_key(shape, keep: torch.Tensor, cands, batch_sizes, threads, context=None) -> str:
     # The mask itself (hashed), not only its sparsity: two masks of one sparsity can differ in
     # structure (and so in their candidates).
     digest = hashlib.sha1(keep.to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
     parts = [_CACHE_VERSION, cpu_model(), ops.native_version(), ",".join(ops.cpu_info()["active"]),
              list(shape), digest, [c.label for c in cands], list(batch_sizes), threads]
+    if context is not None:  # e.g. a conv's input size, stride and padding
+        parts.append(list(context))
     return json.dumps(parts)
 
 
@@ -213,7 +215,8 @@ def _cached_choice(entry: object, cands: Sequence[Candidate]
 def choose(cands: Sequence[Candidate], keep: torch.Tensor, inputs: Sequence[torch.Tensor],
            build: Callable[[Candidate], Callable[[torch.Tensor], torch.Tensor]],
            dense: Callable[[torch.Tensor], torch.Tensor], *, min_speedup: float = 1.0,
-           cache: bool = True, budget_s: float = 0.004) -> Choice:
+           cache: bool = True, budget_s: float = 0.004,
+           batch_sizes: Sequence[int] | None = None, context: Sequence | None = None) -> Choice:
     """Measures every candidate against ``dense`` on each input (one per batch size) and keeps
     the one whose worst ratio over the batch sizes is best; dense when none reaches
     ``min_speedup`` at every batch size.
@@ -224,9 +227,14 @@ def choose(cands: Sequence[Candidate], keep: torch.Tensor, inputs: Sequence[torc
         inputs: one input per batch size the layer must be fast at.
         build: candidate -> a forward callable (the packed layer).
         dense: the dense forward (the baseline).
+        batch_sizes: the batch size of each input (default: rows of a [..., features] input).
+        context: what else the speed depends on (a conv's input size, stride, ...), for the
+            cache key.
     """
-    batch_sizes = tuple(int(x.reshape(-1, x.shape[-1]).shape[0]) for x in inputs)
-    key = _cache_key(tuple(keep.shape), keep, cands, batch_sizes, ops.get_num_threads())
+    if batch_sizes is None:
+        batch_sizes = tuple(int(x.reshape(-1, x.shape[-1]).shape[0]) for x in inputs)
+    batch_sizes = tuple(int(b) for b in batch_sizes)
+    key = _cache_key(tuple(keep.shape), keep, cands, batch_sizes, ops.get_num_threads(), context)
     if cache:
         hit = _cached_choice(_cache_load().get(key), cands)
         if hit is not None:

@@ -26,6 +26,15 @@ class Converter:
 
     build: Callable[[nn.Module, str, _choose.Candidate], nn.Module]
     dense: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
+    # The format names it can build (None: every registered one).
+    formats: tuple[str, ...] | None = None
+    # (captured input, batch) -> the measuring input at that batch size, and its batch size.
+    at_batch: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    batch_of: Callable[[torch.Tensor], int] | None = None
+    # (module, input) -> what the speed depends on besides the mask (cache key), or None.
+    context: Callable[[nn.Module, torch.Tensor], tuple] | None = None
+    # (module, candidates, keep, min_sparsity) -> the choice without a measurement.
+    cost: Callable | None = None
 
 
 # Module type -> its converter. Keyed by exact type so that a subclass with its own forward is
@@ -33,19 +42,24 @@ class Converter:
 _CONVERTERS: dict[type, Converter] = {}
 
 
-def register_converter(module_type: type, dense: Callable | None = None) -> Callable:
+def register_converter(module_type: type, dense: Callable | None = None, **hooks) -> Callable:
     """Decorator: ``@register_converter(nn.Linear) def f(module, name, candidate) -> nn.Module``.
 
     ``dense(module) -> (x -> y)`` is the reference timed against (default: the module itself).
     A two-argument ``f(module, name)`` is accepted too (it then builds one fixed format).
+    ``hooks``: the optional ``Converter`` fields (``formats``, ``at_batch``, ``batch_of``,
+    ``context``, ``cost``) for layers whose input is not ``[..., features]``.
     """
+    unknown = set(hooks) - {"formats", "at_batch", "batch_of", "context", "cost"}
+    if unknown:
+        raise TypeError(f"register_converter: unknown hooks {sorted(unknown)}")
 
     def wrap(fn: Callable) -> Callable:
         import inspect
 
         takes_candidate = len(inspect.signature(fn).parameters) >= 3
         build = fn if takes_candidate else (lambda module, name, cand: fn(module, name))
-        _CONVERTERS[module_type] = Converter(build, dense or (lambda module: module))
+        _CONVERTERS[module_type] = Converter(build, dense or (lambda module: module), **hooks)
         return fn
 
     return wrap
@@ -82,6 +96,7 @@ class LayerReport:
     nbytes: int = 0
     dense_bytes: int = 0
     measured: tuple[tuple[str, float], ...] = ()
+    folded: str = ""  # the BatchNorm folded into this layer's packed weight, if any
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,8 @@ class ConvertReport:
             result = r.format if r.format is not None else f"dense: {r.reason}"
             if r.how:
                 result += f" ({r.how})"
+            if r.folded:
+                result += f" + {r.folded} folded"
             speed = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
             frac = f"{r.nbytes / r.dense_bytes:.1%}" if r.format and r.dense_bytes else "-"
             nbytes = f"{r.nbytes:,}" if r.format else f"{r.dense_bytes:,}"
@@ -158,8 +175,10 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             exclude: Iterable[str] | None = None, inplace: bool = False,
             example_inputs: tuple | torch.Tensor | None = None,
             batch_sizes: Iterable[int] | None = None, formats: str | Iterable[str] = "auto",
-            min_speedup: float = 1.0, cache: bool = True) -> tuple[nn.Module, ConvertReport]:
-    """Replaces eligible layers (``nn.Linear``, plain or carrying prune masks) by packed ones.
+            min_speedup: float = 1.0, cache: bool = True, fold_batchnorm: bool = True
+            ) -> tuple[nn.Module, ConvertReport]:
+    """Replaces eligible layers (``nn.Linear``, ``nn.Conv2d``, plain or carrying prune masks)
+    by packed ones (``SparseLinear``, ``SparseConv2d``).
 
     A layer is a candidate when its effective weight (``weight_orig * weight_mask`` under a
     ``torch.nn.utils.prune`` mask) has at least ``min_sparsity`` zeros, it matches ``include``
@@ -185,6 +204,11 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             ["sell", "bsr"]; dense is always possible.
         min_speedup: see above.
         cache: read and write the on-disk cache of measured choices.
+        fold_batchnorm: fold an eval-mode ``BatchNorm2d`` that is the only consumer of a
+            converted conv into its packed weight and bias (the BatchNorm becomes
+            ``nn.Identity``; pairs found with ``torch.fx`` under the same safety checks as
+            ``sparseprune.structured.fold_batchnorm``; an untraceable model folds nothing).
+            False keeps every BatchNorm.
 
     Returns:
         (the converted model, a ``ConvertReport`` with one row per candidate layer).
@@ -216,6 +240,8 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             example_inputs = (example_inputs,)
         captured = _capture_inputs(model, [m for _, m in candidates], tuple(example_inputs))
 
+    pairs = _foldable_pairs(model, names) if fold_batchnorm else {}
+
     rows = []
     replaced_root = None
     converted: dict[int, tuple[nn.Module, dict]] = {}  # id(original) -> (replacement, report)
@@ -240,14 +266,22 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             rows.append(LayerReport(**row, format=None, reason=reason))
             continue
         done = converted.get(id(module))
+        bn_name = pairs.get(name, "")
         if done is None:
-            done = _convert_one(module, name, weight, captured.get(id(module)), sizes, allowed,
+            source = module
+            if bn_name:
+                source = _fold_bn(module, model.get_submodule(bn_name))
+            done = _convert_one(source, name, weight, captured.get(id(module)), sizes, allowed,
                                 min_speedup, cache, min_sparsity)
             converted[id(module)] = done
         new, info = done
-        rows.append(LayerReport(**row, **info))
+        rows.append(LayerReport(**row, **info, folded=bn_name if new is not None else ""))
         if new is None:
             continue
+        if bn_name:
+            parent_name, _, child = bn_name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                    nn.Identity())
         if name == "":
             replaced_root = new
         else:
@@ -256,9 +290,47 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
     return (replaced_root if replaced_root is not None else model), ConvertReport(tuple(rows))
 
 
+def _foldable_pairs(model: nn.Module, names: list[str]) -> dict[str, str]:
+    """{conv name: eval-mode BatchNorm2d name} that can fold into the packed conv."""
+    from .structured.fold import conv_bn_pairs
+    from .structured.graph import StructuredTraceError
+
+    if not any(isinstance(m, nn.BatchNorm2d) and not m.training for m in model.modules()):
+        return {}
+    try:
+        pairs = conv_bn_pairs(model, prune_masks_ok=True)
+    except StructuredTraceError:
+        return {}  # untraceable: nothing is known to be safe to fold
+    return {c: b for c, b in pairs.items()
+            if c in names and type(model.get_submodule(c)) is nn.Conv2d
+            and isinstance(model.get_submodule(b), nn.BatchNorm2d)
+            and not model.get_submodule(b).training}
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A plain conv computing bn(conv(x)) in eval mode, from the conv's effective (masked)
+    weight: pruned zeros stay zeros (each output channel is only scaled)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    weight = effective_weight(conv).to(torch.float32)
+    bias = conv.bias.detach().to(torch.float32) if conv.bias is not None else None
+    w, b = fuse_conv_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps,
+                                bn.weight, bn.bias)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, True, conv.padding_mode)
+    with torch.no_grad():
+        out.weight.copy_(torch.where(weight == 0, torch.zeros(()), w.detach()))
+        out.bias.copy_(b.detach())
+    return out.eval()
+
+
 def _convert_one(module, name, weight, x, sizes, allowed, min_speedup, cache, min_sparsity):
     conv = _CONVERTERS[type(module)]
+    weight = effective_weight(module)
     keep = weight.reshape(weight.shape[0], -1) != 0
+    if conv.formats is not None:
+        allowed = [f for f in (allowed if allowed is not None else conv.formats)
+                   if f in conv.formats or f == _choose.DENSE]
     cands = _choose.candidates_for(keep, allowed)
     built: dict[_choose.Candidate, nn.Module] = {}
 
@@ -268,10 +340,15 @@ def _convert_one(module, name, weight, x, sizes, allowed, min_speedup, cache, mi
         return built[cand]
 
     if x is not None:
-        batches = sizes or [x.reshape(-1, x.shape[-1]).shape[0]]
-        inputs = [_at_batch(x, b) for b in batches]
+        batch_of = conv.batch_of or (lambda t: t.reshape(-1, t.shape[-1]).shape[0])
+        batches = sizes or [batch_of(x)]
+        inputs = [(conv.at_batch or _at_batch)(x, b) for b in batches]
+        context = conv.context(module, x) if conv.context is not None else None
         choice = _choose.choose(cands, keep, inputs, build, conv.dense(module),
-                                min_speedup=min_speedup, cache=cache)
+                                min_speedup=min_speedup, cache=cache, batch_sizes=batches,
+                                context=context)
+    elif conv.cost is not None:
+        choice = _choose.Choice(conv.cost(module, cands, keep, min_sparsity), "cost model")
     else:
         choice = _choose.Choice(_choose.cost_model(cands, keep, min_sparsity), "cost model")
     measured = tuple(sorted(choice.speedups.items()))
@@ -288,3 +365,6 @@ def _convert_one(module, name, weight, x, sizes, allowed, min_speedup, cache, mi
     new = build(choice.candidate)
     return new, dict(format=choice.candidate.label, speedup=choice.speedup, how=choice.how,
                      nbytes=new.weight.nbytes, measured=measured)
+
+
+from . import _convert_conv  # noqa: E402,F401  (registers the nn.Conv2d converter)

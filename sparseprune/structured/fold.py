@@ -20,7 +20,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from .._modules import deepcopy_model
 from .graph import symbolic_trace
 
-__all__ = ["FOLDED_ATTR", "fold_batchnorm", "folded_batchnorms"]
+__all__ = ["FOLDED_ATTR", "conv_bn_pairs", "fold_batchnorm", "folded_batchnorms"]
 
 # Root-module attribute recording {batchnorm name: conv name}; read by ``width_config``.
 FOLDED_ATTR = "_sparseprune_folded_bn"
@@ -41,8 +41,20 @@ def folded_batchnorms(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def _pairs(gm: fx.GraphModule, model: nn.Module) -> list[tuple[str, str]]:
-    """``(conv, bn)`` module names where the conv's only use is the BatchNorm's input."""
+def _only_prune_hooks(module: nn.Module) -> bool:
+    """True when every forward pre-hook is a ``torch.nn.utils.prune`` mask (which recomputes
+    ``weight`` from ``weight_orig * weight_mask``, nothing else)."""
+    from torch.nn.utils.prune import BasePruningMethod
+
+    return all(isinstance(h, BasePruningMethod) for h in module._forward_pre_hooks.values())
+
+
+def _pairs(gm: fx.GraphModule, model: nn.Module, prune_masks_ok: bool = False
+           ) -> list[tuple[str, str]]:
+    """``(conv, bn)`` module names where the conv's only use is the BatchNorm's input.
+
+    ``prune_masks_ok``: a conv carrying ``torch.nn.utils.prune`` masks still pairs (for callers
+    that fold into the effective weight themselves, as ``convert`` does)."""
     calls: dict[str, int] = {}
     touched: set[str] = set()  # modules whose tensors forward reads directly
     for node in gm.graph.nodes:
@@ -74,13 +86,27 @@ def _pairs(gm: fx.GraphModule, model: nn.Module) -> list[tuple[str, str]]:
             and not parametrize.is_parametrized(conv)
             and bn.running_mean is not None
             and bn.num_features == conv.out_channels
-            and not conv._forward_pre_hooks  # torch.nn.utils.prune masks recompute weight
+            # torch.nn.utils.prune masks recompute weight: only callers that fold into the
+            # masked weight themselves may accept them.
+            and (not conv._forward_pre_hooks or (prune_masks_ok and _only_prune_hooks(conv)))
             and not conv._forward_hooks
             and not bn._forward_pre_hooks
             and not bn._forward_hooks
         ):
             pairs.append((str(src.target), str(node.target)))
     return pairs
+
+
+def conv_bn_pairs(model: nn.Module, *, prune_masks_ok: bool = False,
+                  leaf_modules: Sequence[type] = ()) -> dict[str, str]:
+    """``{conv name: batchnorm name}`` of the pairs ``fold_batchnorm`` would fold (see there);
+    with ``prune_masks_ok``, convs under ``torch.nn.utils.prune`` masks count too.
+
+    Raises:
+        StructuredTraceError: ``torch.fx`` cannot trace the model.
+    """
+    gm = symbolic_trace(model, leaf_modules)
+    return dict(_pairs(gm, model, prune_masks_ok))
 
 
 def _set_module(model: nn.Module, name: str, value: nn.Module) -> None:

@@ -1,0 +1,65 @@
+"""How ``convert`` handles ``nn.Conv2d``: the converter registered for it (packed formats the
+conv kernels run, the dense reference, measuring inputs at a batch size, the cost model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import choose as _choose
+from ._weights import effective_weight
+from .convert import register_converter
+from .nn import SparseConv2d
+from .nn.conv import CONV_FORMATS
+
+# Without a measurement a conv is packed only from this sparsity on: dense convolution runs
+# near the machine's peak (oneDNN), so the sparse kernel must skip most of the work to win
+# (measured on Zen 4, 3x3 at batch 1: 1.56x at 70 %, below 1x around 50 %; bench/RESULTS.md).
+COST_MODEL_MIN_SPARSITY = 0.65
+# Fewer filter taps than this per output channel (a depthwise 3x3 has 9) leave the kernel
+# nothing to vectorize over but one short run per tap; dense wins there.
+COST_MODEL_MIN_TAPS = 32
+
+
+def _dense(module: nn.Conv2d):
+    w = effective_weight(module)
+    b = module.bias.detach() if module.bias is not None else None
+    return lambda x: module._conv_forward(x, w, b)
+
+
+def _at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """The captured [N, C, H, W] input with N = batch (its images repeated as needed)."""
+    x = x.float()
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.shape[0] == 0:
+        return torch.randn(batch, *x.shape[1:])
+    return x[torch.arange(batch) % x.shape[0]].contiguous()
+
+
+def _batch_of(x: torch.Tensor) -> int:
+    return 1 if x.dim() == 3 else int(x.shape[0])
+
+
+def _context(module: nn.Conv2d, x: torch.Tensor) -> tuple:
+    # The speed depends on the input size and the geometry, not only the filter's mask.
+    return ("conv2d", *x.shape[-3:], *module.kernel_size, *module.stride, str(module.padding),
+            *module.dilation, module.groups, module.padding_mode)
+
+
+def _cost(module: nn.Conv2d, cands: Sequence[_choose.Candidate], keep: torch.Tensor,
+          min_sparsity: float) -> _choose.Candidate:
+    sparsity = 1.0 - float(keep.sum()) / keep.numel() if keep.numel() else 1.0
+    sparse = [c for c in cands if c.format != _choose.DENSE]
+    if (not sparse or sparsity < max(min_sparsity, COST_MODEL_MIN_SPARSITY)
+            or keep.shape[1] < COST_MODEL_MIN_TAPS):
+        return _choose.Candidate(_choose.DENSE)
+    return sparse[0]
+
+
+@register_converter(nn.Conv2d, dense=_dense, formats=CONV_FORMATS, at_batch=_at_batch,
+                    batch_of=_batch_of, context=_context, cost=_cost)
+def _conv_to_sparse(module: nn.Conv2d, name: str, cand: _choose.Candidate) -> nn.Module:
+    return SparseConv2d.from_dense(module, format=cand.format, params=cand.params, name=name)
