@@ -9,14 +9,18 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_use_example_runs(tmp_path, monkeypatch, capsys):
     section = README.read_text().split("\n## Use\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 1
+    assert len(blocks) == 2  # the Linear example, then the CNN one (in the same namespace)
     monkeypatch.chdir(tmp_path)  # the example saves sparse.pt
     namespace: dict = {}
-    exec(compile(blocks[0], str(README), "exec"), namespace)
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "2 converted" in out and "kernels" in out
     assert namespace["y"].shape == (64, 10)
     assert (tmp_path / "sparse.pt").exists()
+    cnn = {r.name: r for r in namespace["cnn_report"].layers}
+    assert cnn["0"].format is None and cnn["3"].how == "measured"
+    assert cnn["3"].format is None or cnn["3"].folded == "4"
 
 
 def test_structured_example_runs(capsys):
