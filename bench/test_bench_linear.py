@@ -4,8 +4,8 @@ torch BSR (square blocks), per pattern.
 Run: ``pytest bench/test_bench_linear.py --benchmark-group-by=group`` (add ``-k "4096 and s0.9"``
 to narrow it). Each group is one case (shape, pattern, sparsity, batch, warm/cold) and holds the
 dense baseline and every peer, so ratios inside a group come from one run on one machine.
-Shapes come from ``bench/shapes/*.txt`` (``N K`` rows of real models); single-threaded unless
-SPARSEPRUNE_BENCH_THREADS says otherwise.
+Shapes come from ``bench/shapes/*.txt`` (``N K`` rows of real models; the ``conv_*`` files are
+bench/test_bench_conv.py's); single-threaded unless SPARSEPRUNE_BENCH_THREADS says otherwise.
 """
 
 import os
@@ -21,6 +21,8 @@ from sparseprune import benchmark as harness
 def _shapes() -> list[tuple[int, int]]:
     out = []
     for path in sorted((Path(__file__).parent / "shapes").glob("*.txt")):
+        if path.name.startswith("conv_"):  # conv layer shapes: bench/test_bench_conv.py
+            continue
         for line in path.read_text().splitlines():
             line = line.split("#", 1)[0].split()
             if line and (int(line[0]), int(line[1])) not in out:

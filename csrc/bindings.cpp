@@ -307,7 +307,9 @@ py::list list_kernels() {
       }
     });
     if (const auto* f = std::get_if<ConvFn<CsrWeight>>(&k.fn))
-      for (const auto& q : default_conv_kernels<CsrWeight>()) is_default |= *f == q.fn;
+      for (const auto& q : default_conv_kernels<CsrWeight>(1)) is_default |= *f == q.fn;
+    if (const auto* f = std::get_if<ConvFn<BsrWeight>>(&k.fn))
+      for (const auto& q : default_conv_kernels<BsrWeight>(k.nr ? k.nr : 2)) is_default |= *f == q.fn;
     py::dict row;
     row["name"] = k.name;
     row["family"] = family_name(k.family);

@@ -103,19 +103,18 @@ std::vector<std::string> plan_names(const LinearPlan<W>& plan) {
 }
 
 template <class W>
-const std::vector<ConvKernel<W>>& default_conv_kernels() {
-  static const std::vector<ConvKernel<W>> rows = [] {
-    std::vector<ConvKernel<W>> out;
-    uint32_t isa = 0;  // the first runnable row's ISA: the table lists the best ISA first
-    for (const KernelInfo& k : all_kernels()) {
-      const ConvFn<W>* f = std::get_if<ConvFn<W>>(&k.fn);
-      if (f == nullptr || !cpu_supports(k) || !isa_allowed(k)) continue;
-      if (isa == 0) isa = k.isa;
-      if (k.isa == isa) out.push_back({*f, k.mr, k.name});
-    }
-    return out;
-  }();
-  return rows;
+std::vector<ConvKernel<W>> default_conv_kernels(int r) {
+  std::vector<ConvKernel<W>> specific, any;
+  uint32_t isa_specific = 0, isa_any = 0;  // the table lists the best ISA first
+  for (const KernelInfo& k : all_kernels()) {
+    const ConvFn<W>* f = std::get_if<ConvFn<W>>(&k.fn);
+    if (f == nullptr || !cpu_supports(k) || !isa_allowed(k) || (k.nr != r && k.nr != 0)) continue;
+    auto& out = k.nr == r ? specific : any;
+    uint32_t& isa = k.nr == r ? isa_specific : isa_any;
+    if (isa == 0) isa = k.isa;
+    if (k.isa == isa) out.push_back({*f, k.mr, k.nr, k.name});
+  }
+  return specific.empty() ? any : specific;
 }
 
 template <class W>
@@ -135,17 +134,20 @@ ConvKernel<W> pick_conv_kernel(const std::vector<ConvKernel<W>>& rows, int64_t p
 }
 
 template <class W>
-ConvKernel<W> conv_kernel_from_name(const std::string& name) {
+ConvKernel<W> conv_kernel_from_name(const std::string& name, int r) {
   const KernelInfo* k = find_kernel(name);
   if (k == nullptr) throw std::invalid_argument("unknown kernel '" + name + "' (see list_kernels())");
   const ConvFn<W>* f = std::get_if<ConvFn<W>>(&k->fn);
   if (f == nullptr)
     throw std::invalid_argument("kernel '" + name + "' is not a convolution kernel for " +
                                 format_name(W::kFormat) + " weights");
+  if (k->nr != 0 && k->nr != r)
+    throw std::invalid_argument("kernel '" + name + "' runs " + std::to_string(k->nr) +
+                                "-row blocks, not " + std::to_string(r));
   if (!cpu_supports(*k))
     throw std::invalid_argument("kernel '" + name + "' needs " + isa_name(k->isa) +
                                 ", which this CPU does not support");
-  return {*f, k->mr, k->name};
+  return {*f, k->mr, k->nr, k->name};
 }
 
 std::string dispatch_log() {
@@ -155,8 +157,10 @@ std::string dispatch_log() {
     out += (out.empty() ? "" : "\n") + describe(default_plan<W>());
   });
   std::string conv;
-  for (const auto& k : default_conv_kernels<CsrWeight>()) conv += (conv.empty() ? "" : ", ") + std::string(k.name);
-  return out + "\ncsr conv: [" + conv + "] (tile width chosen per output size)";
+  for (const auto& k : default_conv_kernels<CsrWeight>(1)) conv += (conv.empty() ? "" : ", ") + std::string(k.name);
+  for (int r : {4, 8, 16})
+    for (const auto& k : default_conv_kernels<BsrWeight>(r)) conv += ", " + std::string(k.name);
+  return out + "\nconv: [" + conv + "] (tile width chosen per output size)";
 }
 
 #define SP_INSTANTIATE(W)                                                         \
@@ -168,9 +172,12 @@ SP_INSTANTIATE(SellWeight)
 SP_INSTANTIATE(BsrWeight)
 SP_INSTANTIATE(NmWeight)
 #undef SP_INSTANTIATE
-template const std::vector<ConvKernel<CsrWeight>>& default_conv_kernels<CsrWeight>();
-template ConvKernel<CsrWeight> pick_conv_kernel<CsrWeight>(const std::vector<ConvKernel<CsrWeight>>&,
-                                                           int64_t);
-template ConvKernel<CsrWeight> conv_kernel_from_name<CsrWeight>(const std::string&);
+#define SP_INSTANTIATE_CONV(W)                                                             \
+  template std::vector<ConvKernel<W>> default_conv_kernels<W>(int);                         \
+  template ConvKernel<W> pick_conv_kernel<W>(const std::vector<ConvKernel<W>>&, int64_t);   \
+  template ConvKernel<W> conv_kernel_from_name<W>(const std::string&, int);
+SP_INSTANTIATE_CONV(CsrWeight)
+SP_INSTANTIATE_CONV(BsrWeight)
+#undef SP_INSTANTIATE_CONV
 
 }  // namespace sparseprune

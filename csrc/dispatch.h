@@ -30,22 +30,24 @@ template <class W>
 struct ConvKernel {
   ConvFn<W> fn = nullptr;
   int px = 0;
+  int nr = 0;  // block rows handled (0: any)
   const char* name = "";
 };
 
-// The convolution rows of format W at the best ISA the CPU runs (within the SPARSEPRUNE_ISA
-// cap), one per tile width.
+// The convolution rows of format W for block rows r (CSR: 1) at the best ISA the CPU runs
+// (within the SPARSEPRUNE_ISA cap) that has a row for r, one per tile width; rows for any r
+// (nr = 0) only where no row is specific to r.
 template <class W>
-const std::vector<ConvKernel<W>>& default_conv_kernels();
+std::vector<ConvKernel<W>> default_conv_kernels(int r);
 
 // The row of `rows` whose tile width suits an output of `pixels` pixels per channel best.
 template <class W>
 ConvKernel<W> pick_conv_kernel(const std::vector<ConvKernel<W>>& rows, int64_t pixels);
 
-// The named convolution row; std::invalid_argument when unknown, not a conv row of W, or not
-// runnable on this CPU.
+// The named convolution row; std::invalid_argument when unknown, not a conv row of W, not for
+// block rows r, or not runnable on this CPU.
 template <class W>
-ConvKernel<W> conv_kernel_from_name(const std::string& name);
+ConvKernel<W> conv_kernel_from_name(const std::string& name, int r);
 
 // One line per format: what the default plans chose, e.g. "csr: spmv=..., spmm=[...]".
 std::string dispatch_log();

@@ -20,8 +20,8 @@ const std::vector<KernelInfo>& all_kernels() {
   {#fn, Family::kSpmv, W::kFormat, isa, mr, nr, AnyKernelFn(LinearFn<W>(&fn))},
 #include "spmv/spmv_kernels.inc"
 #undef SP_KERNEL
-#define SP_CONV(isa, fn, W, px) \
-  {#fn, Family::kSpconv, W::kFormat, isa, px, 1, AnyKernelFn(ConvFn<W>(&fn))},
+#define SP_CONV(isa, fn, W, px, nr) \
+  {#fn, Family::kSpconv, W::kFormat, isa, px, nr, AnyKernelFn(ConvFn<W>(&fn))},
 #include "spconv/spconv_kernels.inc"
 #undef SP_CONV
   };

@@ -39,7 +39,7 @@ struct KernelInfo {
 #include "spmm/spmm_kernels.inc"
 #include "spmv/spmv_kernels.inc"
 #undef SP_KERNEL
-#define SP_CONV(isa, fn, W, px)                                                              \
+#define SP_CONV(isa, fn, W, px, nr)                                                            \
   void fn(const W& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,  \
           int64_t ldy, int64_t o0, int64_t o1);
 #include "spconv/spconv_kernels.inc"

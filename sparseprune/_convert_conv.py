@@ -18,6 +18,8 @@ from .nn.conv import CONV_FORMATS
 # near the machine's peak (oneDNN), so the sparse kernel must skip most of the work to win
 # (measured on Zen 4, 3x3 at batch 1: 1.56x at 70 %, below 1x around 50 %; bench/RESULTS.md).
 COST_MODEL_MIN_SPARSITY = 0.65
+# The same for r x 1 block masks (r >= 4), which run near the FMA peak: 2.7-3x at 70 %.
+COST_MODEL_MIN_BLOCK_SPARSITY = 0.5
 # Fewer filter taps than this per output channel (a depthwise 3x3 has 9) leave the kernel
 # nothing to vectorize over but one short run per tap; dense wins there.
 COST_MODEL_MIN_TAPS = 32
@@ -49,17 +51,31 @@ def _context(module: nn.Conv2d, x: torch.Tensor) -> tuple:
             *module.dilation, module.groups, module.padding_mode)
 
 
+def _accepts(module: nn.Conv2d, cand: _choose.Candidate) -> bool:
+    """CSR always; BSR when its blocks are r x 1 (r output channels of one tap) and never
+    straddle two groups."""
+    if cand.format == "bsr":
+        r, c = cand.params
+        return c == 1 and r > 1 and (module.out_channels // module.groups) % r == 0
+    return cand.format in CONV_FORMATS
+
+
 def _cost(module: nn.Conv2d, cands: Sequence[_choose.Candidate], keep: torch.Tensor,
           min_sparsity: float) -> _choose.Candidate:
     sparsity = 1.0 - float(keep.sum()) / keep.numel() if keep.numel() else 1.0
-    sparse = [c for c in cands if c.format != _choose.DENSE]
-    if (not sparse or sparsity < max(min_sparsity, COST_MODEL_MIN_SPARSITY)
-            or keep.shape[1] < COST_MODEL_MIN_TAPS):
+    if keep.shape[1] < COST_MODEL_MIN_TAPS or sparsity < min_sparsity:
         return _choose.Candidate(_choose.DENSE)
-    return sparse[0]
+    # r x 1 blocks feed r FMAs per input load (FMA-bound): they pay from lower sparsity.
+    blocks = [c for c in cands if c.format == "bsr" and c.params[0] >= 4]
+    if blocks and sparsity >= COST_MODEL_MIN_BLOCK_SPARSITY:
+        return blocks[0]
+    csr = [c for c in cands if c.format == "csr"]
+    if csr and sparsity >= COST_MODEL_MIN_SPARSITY:
+        return csr[0]
+    return _choose.Candidate(_choose.DENSE)
 
 
 @register_converter(nn.Conv2d, dense=_dense, formats=CONV_FORMATS, at_batch=_at_batch,
-                    batch_of=_batch_of, context=_context, cost=_cost)
+                    batch_of=_batch_of, context=_context, cost=_cost, accepts=_accepts)
 def _conv_to_sparse(module: nn.Conv2d, name: str, cand: _choose.Candidate) -> nn.Module:
     return SparseConv2d.from_dense(module, format=cand.format, params=cand.params, name=name)

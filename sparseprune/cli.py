@@ -44,25 +44,87 @@ def _shapes(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def _check_bench_values(sparsities, batches, threads, rounds, min_time) -> None:
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise SystemExit(f"sparseprune bench: sparsity must be in [0, 1), got {s}")
+    if rounds < 1 or min_time <= 0 or any(t < 1 for t in threads) or \
+            any(b < 1 for b in batches):
+        raise SystemExit("sparseprune bench: --rounds, --threads and --batch need values >= 1 "
+                         "and --min-time > 0")
+
+
+def _cmd_bench_conv(args: argparse.Namespace) -> int:
+    from . import bench_conv
+
+    for flag, value in (("--shapes", args.shapes), ("--report", args.report),
+                        ("--patterns", args.patterns != "unstructured")):
+        if value:
+            raise SystemExit(f"sparseprune bench: {flag} is for the Linear bench, not --conv")
+    if args.quick:
+        args.model, args.conv_shape, args.e2e = "resnet18", [], False
+        sparsities, batches, min_time, rounds = [0.9], [1], 0.1, 3
+    else:
+        sparsities = args.sparsity if args.sparsity is not None else [0.7, 0.9, 0.95]
+        batches = args.batch if args.batch is not None else [1, 8]
+        min_time, rounds = args.min_time, args.rounds
+    _check_bench_values(sparsities, batches, args.threads, rounds, min_time)
+    if not 0.0 <= args.e2e_sparsity < 1.0 or args.e2e_size < 32:
+        raise SystemExit("sparseprune bench: --e2e-sparsity must be in [0, 1) and --e2e-size "
+                         f">= 32, got {args.e2e_sparsity} and {args.e2e_size}")
+    try:
+        shapes = [bench_conv.parse_shape(t) for t in args.conv_shape] or [
+            s for m in (args.model or "resnet18").split(",")
+            for s in bench_conv.model_shapes(m.strip())]
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"sparseprune bench: {e}") from None
+    methods = args.methods.split(",") if args.methods else list(bench_conv.METHODS)
+    unknown = [m for m in methods if m not in bench_conv.METHODS]
+    if unknown:
+        raise SystemExit(f"sparseprune bench: unknown --methods {unknown}; with --conv choose "
+                         f"from {list(bench_conv.METHODS)}")
+    cases = [bench_conv.ConvCase(shape, s, b, t) for shape in dict.fromkeys(shapes)
+             for s in sparsities for b in batches for t in args.threads]
+    t0 = time.perf_counter()
+    results = bench_conv.run_cases(cases, methods, min_time=min_time, rounds=rounds,
+                                   progress=not args.no_progress)
+    if args.e2e:
+        for b in batches:
+            for t in args.threads:
+                results += bench_conv.run_e2e(args.e2e_sparsity, b, image_size=args.e2e_size,
+                                              threads=t, min_time=3 * min_time, rounds=rounds)
+    print(bench_conv.format_table(results))
+    print(f"\n{len(cases)} layer cases{' + end to end' if args.e2e else ''} in "
+          f"{time.perf_counter() - t0:.0f} s; ratios vs torch dense F.conv2d measured in "
+          "interleaved rounds; effective GFLOP/s = 2 * N * kept weights * OH * OW / time "
+          "(dense: every weight)")
+    if args.json:
+        Path(args.json).write_text(json.dumps([vars(r) for r in results], indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from . import benchmark
 
+    if args.conv:
+        return _cmd_bench_conv(args)
+    for flag, value in (("--model", args.model), ("--conv-shape", args.conv_shape),
+                        ("--e2e", args.e2e)):
+        if value:
+            raise SystemExit(f"sparseprune bench: {flag} needs --conv")
     if args.quick:
         shapes, sparsities, batches = [(4096, 4096)], [0.9], [1, 64]
         min_time, rounds, colds = 0.15, 3, [False]
     else:
-        shapes, sparsities, batches = args.shapes, args.sparsity, args.batch
+        shapes = args.shapes or _shapes("4096x4096,768x3072")
+        sparsities = args.sparsity if args.sparsity is not None else [0.5, 0.7, 0.9, 0.95]
+        batches = args.batch if args.batch is not None else [1, 8, 64]
         min_time, rounds = args.min_time, args.rounds
         colds = [False, True] if args.cold else [False]
-    for s in sparsities:
-        if not 0.0 <= s < 1.0:
-            raise SystemExit(f"sparseprune bench: sparsity must be in [0, 1), got {s}")
-    if rounds < 1 or min_time <= 0 or any(t < 1 for t in args.threads) or \
-            any(b < 1 for b in batches):
-        raise SystemExit("sparseprune bench: --rounds, --threads and --batch need values >= 1 "
-                         "and --min-time > 0")
+    _check_bench_values(sparsities, batches, args.threads, rounds, min_time)
     patterns = args.patterns.split(",")
     for p in patterns:
         try:
@@ -197,12 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--unsafe-load", action="store_true", help=unsafe_help)
     conv.set_defaults(func=_cmd_convert)
 
-    bench = sub.add_parser("bench", help="time sparse Linear kernels against torch and scipy")
-    bench.add_argument("--quick", action="store_true", help="one shape, 90 %%, batch 1 and 64")
-    bench.add_argument("--shapes", type=_shapes, default=_shapes("4096x4096,768x3072"),
+    bench = sub.add_parser("bench", help="time sparse Linear (or, with --conv, Conv2d) kernels "
+                           "against torch and the sparse peers")
+    bench.add_argument("--quick", action="store_true", help="one shape, 90 %%, batch 1 and 64 "
+                       "(--conv: ResNet-18 layers, 90 %%, batch 1)")
+    bench.add_argument("--shapes", type=_shapes, default=None,
                        help="OUTxIN list (default: 4096x4096,768x3072)")
-    bench.add_argument("--sparsity", type=_floats, default=[0.5, 0.7, 0.9, 0.95])
-    bench.add_argument("--batch", type=_ints, default=[1, 8, 64])
+    bench.add_argument("--sparsity", type=_floats, default=None,
+                       help="comma list (default: 0.5,0.7,0.9,0.95; --conv: 0.7,0.9,0.95)")
+    bench.add_argument("--batch", type=_ints, default=None,
+                       help="comma list (default: 1,8,64; --conv: 1,8)")
     bench.add_argument("--threads", type=_ints, default=[1])
     bench.add_argument("--no-cold", dest="cold", action="store_false",
                        help="skip the cold (weights cycled past L3) batch-1 runs")
@@ -218,6 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="append a dated section to this markdown file (e.g. bench/RESULTS.md) "
                             "and write a speedup-vs-sparsity PNG beside it")
     bench.add_argument("--no-progress", action="store_true")
+    conv = bench.add_argument_group(
+        "conv bench", "--conv times Conv2d layers: torch dense F.conv2d (the baseline), im2col + "
+        "torch CSR (int32) and SparseConv2d; --threads, --sparsity, --batch, --methods, "
+        "--min-time, --rounds and --json apply")
+    conv.add_argument("--conv", action="store_true", help="benchmark Conv2d layers")
+    conv.add_argument("--model", default=None,
+                      help="comma list of layer-shape files bench/shapes/conv_<model>.txt: "
+                      "resnet18, resnet50, mobilenetv2 (default resnet18)")
+    conv.add_argument("--conv-shape", action="append", default=[], metavar="SPEC",
+                      help="a layer 'C,O,H,W,kh,kw[,stride,pad,groups]' instead of --model "
+                      "(repeatable)")
+    conv.add_argument("--e2e", action="store_true", help="also time the whole ResNet-18 "
+                      "(first conv and fc dense, BatchNorm folded) dense vs converted")
+    conv.add_argument("--e2e-sparsity", type=float, default=0.9,
+                      help="sparsity of the end-to-end model's convs (default 0.9)")
+    conv.add_argument("--e2e-size", type=int, default=224,
+                      help="input height and width of the end-to-end model (default 224)")
     bench.set_defaults(func=_cmd_bench)
 
     chan = sub.add_parser(

@@ -35,6 +35,8 @@ class Converter:
     context: Callable[[nn.Module, torch.Tensor], tuple] | None = None
     # (module, candidates, keep, min_sparsity) -> the choice without a measurement.
     cost: Callable | None = None
+    # (module, candidate) -> whether this module can run that candidate (e.g. block shapes).
+    accepts: Callable[[nn.Module, _choose.Candidate], bool] | None = None
 
 
 # Module type -> its converter. Keyed by exact type so that a subclass with its own forward is
@@ -48,9 +50,9 @@ def register_converter(module_type: type, dense: Callable | None = None, **hooks
     ``dense(module) -> (x -> y)`` is the reference timed against (default: the module itself).
     A two-argument ``f(module, name)`` is accepted too (it then builds one fixed format).
     ``hooks``: the optional ``Converter`` fields (``formats``, ``at_batch``, ``batch_of``,
-    ``context``, ``cost``) for layers whose input is not ``[..., features]``.
+    ``context``, ``cost``, ``accepts``) for layers whose input is not ``[..., features]``.
     """
-    unknown = set(hooks) - {"formats", "at_batch", "batch_of", "context", "cost"}
+    unknown = set(hooks) - {"formats", "at_batch", "batch_of", "context", "cost", "accepts"}
     if unknown:
         raise TypeError(f"register_converter: unknown hooks {sorted(unknown)}")
 
@@ -332,6 +334,8 @@ def _convert_one(module, name, weight, x, sizes, allowed, min_speedup, cache, mi
         allowed = [f for f in (allowed if allowed is not None else conv.formats)
                    if f in conv.formats or f == _choose.DENSE]
     cands = _choose.candidates_for(keep, allowed)
+    if conv.accepts is not None:
+        cands = [c for c in cands if c.format == _choose.DENSE or conv.accepts(module, c)]
     built: dict[_choose.Candidate, nn.Module] = {}
 
     def build(cand):

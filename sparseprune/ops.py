@@ -195,7 +195,23 @@ def _linear_impl(x: torch.Tensor, format_id: int, rows: int, cols: int, params: 
         raise ValueError(f"sparseprune::linear: bias must be float32 [{rows}]")
     native = _cache.get(int(format_id), rows, cols, params, names, tensors)
     b = None if bias is None else bias.detach().contiguous()
-    return linear_eager(x.contiguous(), native, b)[0]
+    x = x.contiguous()
+    y, nonfinite = linear_eager(x, native, b)
+    if nonfinite:  # as in eager SparseLinear: dense torch spreads NaN/Inf through the zeros
+        bad = ~torch.isfinite(x).all(dim=1)
+        dense = _dense_weight(format_id, rows, cols, params, names, tensors)
+        y[bad] = torch.nn.functional.linear(x[bad], dense, b)
+    return y
+
+
+def _dense_weight(format_id, rows, cols, params, names, tensors) -> torch.Tensor:
+    """The dense [rows, cols] weight of validated canonical buffers (the rare NaN/Inf path)."""
+    from .formats import format_by_id  # formats imports this module
+
+    cls = format_by_id(int(format_id))
+    packed = cls.from_tensors(dict(zip(names, tensors, strict=True)), (rows, cols),
+                              tuple(params), name="sparseprune op")
+    return packed.to_dense()
 
 
 def _register_custom_op():
@@ -237,7 +253,8 @@ def linear(x: torch.Tensor, format_id: int, shape: tuple[int, int], params: Sequ
 # ---- direct sparse convolution ----
 
 def make_conv_plan(native: object, spec: Sequence[int], kernel: str | None = None) -> object:
-    """A CSR conv filter met with one input size (``_C.ConvPlan``): the geometry that maps every
+    """A conv filter (native CSR, or BSR with r x 1 blocks) met with one input size
+    (``_C.ConvPlan``): the geometry that maps every
     kept tap to an input offset, and the kernel row (``kernel`` by name, None: chosen by the
     output size). ``spec`` = (channels, height, width, kh, kw, stride_h, stride_w, dil_h, dil_w,
     groups, pad_top, pad_left, pad_bottom, pad_right). ValueError when they do not fit."""
@@ -255,7 +272,7 @@ def conv2d_numpy(plan: object, x: np.ndarray, bias: np.ndarray | None
     Returns:
         ([N, O, out_h, out_w] float32, whether x held NaN or Inf).
     """
-    y = np.empty((x.shape[0], plan.weight.rows, plan.out_h, plan.out_w), dtype=np.float32)
+    y = np.empty((x.shape[0], plan.rows, plan.out_h, plan.out_w), dtype=np.float32)
     n = _num_threads_override or torch.get_num_threads()
     nonfinite = _C.conv2d(plan, x, bias, y, n if n <= MAX_THREADS else MAX_THREADS)
     return torch.from_numpy(y), nonfinite
@@ -290,9 +307,10 @@ def _conv2d_impl(x: torch.Tensor, format_id: int, rows: int, cols: int, params: 
                  tensors: list[torch.Tensor], bias: torch.Tensor | None,
                  conv: list[int]) -> torch.Tensor:
     names = _BUFFER_NAMES.get(int(format_id))
-    if names is None or len(names) != len(tensors) or _NATIVE.get(int(format_id)) is not \
-            _C.CsrWeight:
-        raise ValueError(f"sparseprune::conv2d: format id {format_id} is not a CSR conv filter")
+    if names is None or len(names) != len(tensors) or _NATIVE.get(int(format_id)) not in (
+            _C.CsrWeight, _C.BsrWeight):
+        raise ValueError(f"sparseprune::conv2d: format id {format_id} is not a conv filter "
+                         "format (CSR, or BSR with r x 1 blocks)")
     if x.dim() != 4 or x.dtype != torch.float32:
         raise ValueError(f"sparseprune::conv2d: x must be [N, C, H, W] float32, got {x.dtype} "
                          f"{tuple(x.shape)}")
@@ -304,8 +322,16 @@ def _conv2d_impl(x: torch.Tensor, format_id: int, rows: int, cols: int, params: 
     native = _cache.get(int(format_id), rows, cols, params, names, tensors)
     spec = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]), *(int(v) for v in conv))
     plan = _conv_plans.get(native, spec)
-    b = None if bias is None else bias.detach().contiguous().numpy()
-    return conv2d_numpy(plan, x.detach().contiguous().numpy(), b)[0]
+    b = None if bias is None else bias.detach().contiguous()
+    x = x.detach().contiguous()
+    y, nonfinite = conv2d_numpy(plan, x.numpy(), None if b is None else b.numpy())
+    if nonfinite:  # as in eager SparseConv2d: dense torch spreads NaN/Inf through the zeros
+        kh, kw, sh, sw, dh, dw, groups, pt, pl, pb, pr = (int(v) for v in conv)
+        dense = _dense_weight(format_id, rows, cols, params, names, tensors)
+        dense = dense.reshape(rows, cols // (kh * kw), kh, kw)
+        y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (pl, pr, pt, pb)), dense, b,
+                                       (sh, sw), 0, (dh, dw), groups)
+    return y
 
 
 def _register_conv_op():

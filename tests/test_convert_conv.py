@@ -177,3 +177,31 @@ def test_measured_conv_choice_is_cached_per_input_size():
     assert first.layers[0].how == "measured"
     assert again.layers[0].how == "cached"
     assert other.layers[0].how == "measured"  # another input size is another measurement
+
+
+@pytest.mark.parametrize("measure", [False, True], ids=["cost-model", "measured"])
+def test_block_pruned_convs_use_r_by_1_blocks(measure):
+    torch.manual_seed(3)
+    model = ResNet18Shaped(width=16).eval()
+    sparseprune.prune(model, 0.9, pattern="block8x1", scope="layer", exclude=["fc"])
+    x = torch.randn(1, 3, 48, 48)
+    kwargs = dict(example_inputs=x) if measure else {}
+    sparse, report = sparseprune.convert(model, **kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), model(x), atol=1e-4, rtol=1e-4)
+    formats = {r.format for r in report.layers if r.type == "Conv2d" and r.format}
+    assert formats and formats <= {"csr", "bsr8x1", "bsr4x1"}
+    if not measure:
+        assert formats == {"bsr8x1"}
+    for m in sparse.modules():
+        if isinstance(m, SparseConv2d) and m.format == "bsr":
+            assert m.weight.params[1] == 1
+
+
+def test_block_shapes_a_conv_cannot_run_are_not_candidates():
+    conv = nn.Conv2d(16, 12, 3, padding=1, groups=2)  # 6 outputs per group: 4x1 would straddle
+    sparseprune.prune(nn.Sequential(conv), 0.75, pattern="block4x4", scope="layer")
+    _, report = sparseprune.convert(nn.Sequential(conv),
+                                    example_inputs=torch.randn(1, 16, 10, 10))
+    assert report.layers[0].format in (None, "csr")
+    assert all(not label.startswith("bsr") for label, _ in report.layers[0].measured)

@@ -54,16 +54,17 @@ void run_conv(const W& w, const ConvGeometry& g, ConvFn<W> fn, const float* x, i
   std::atomic<int64_t> next_chunk{0};
   parallel_run(nt, [&](int) {
     for (int64_t c = next_chunk.fetch_add(1); c < nchunks; c = next_chunk.fetch_add(1)) {
-      const int64_t o0 = bounds[c], o1 = bounds[c + 1];
-      if (o0 >= o1) continue;
+      const int64_t u0 = bounds[c], u1 = bounds[c + 1];
+      if (u0 >= u1) continue;
+      const int64_t o0 = u0 * w.unit_rows(), o1 = std::min(w.rows, u1 * w.unit_rows());
       for (int64_t n = 0; n < batch; ++n) {
         const float* in = g.direct ? x + n * in_floats : xq + n * g.xq_floats;
         float* out = y + n * w.rows * out_plane;
         if (!compact) {
-          fn(w, g, in, bias, out, out_plane, o0, o1);
+          fn(w, g, in, bias, out, out_plane, u0, u1);
           continue;
         }
-        fn(w, g, in, bias, tmp, g.pixels, o0, o1);
+        fn(w, g, in, bias, tmp, g.pixels, u0, u1);
         for (int64_t o = o0; o < o1; ++o)
           for (int64_t i = 0; i < g.out_h; ++i)
             std::memcpy(out + o * out_plane + i * g.out_w, tmp + o * g.pixels + i * g.wq,

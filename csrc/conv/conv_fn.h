@@ -7,11 +7,12 @@
 namespace sparseprune {
 
 // Writes y[o * ldy + p] = bias[o] + sum_j W[o, j] * xq[g.offsets[j] + p] for p < g.pixels and
-// output channels o in [o0, o1); bias may be null. xq is one image's prepared input (or the
-// input itself when g.direct). Only pixels < g.pixels are read past their tap and written:
-// the last tile is masked. Inputs were validated when the weight and geometry were built.
+// the output channels o of units [u0, u1) (CSR: a unit is a channel; BSR r x 1: r channels);
+// bias may be null. xq is one image's prepared input (or the input itself when g.direct).
+// Nothing past the last pixel is read past a tap's run or written: the last tile is masked.
+// Inputs were validated when the weight and geometry were built.
 template <class W>
 using ConvFn = void (*)(const W& w, const ConvGeometry& g, const float* xq, const float* bias,
-                        float* y, int64_t ldy, int64_t o0, int64_t o1);
+                        float* y, int64_t ldy, int64_t u0, int64_t u1);
 
 }  // namespace sparseprune

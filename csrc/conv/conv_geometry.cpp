@@ -26,8 +26,15 @@ int64_t conv_out_size(int64_t in, int64_t pad0, int64_t pad1, int64_t k, int64_t
   return (padded - span) / stride + 1;
 }
 
-ConvGeometry make_conv_geometry(const CsrWeight& w, const ConvSpec& s, int px) {
+namespace {
+
+// The format-independent part: `units` units of `unit_rows` output rows, unit u owning entries
+// [unit_ptr[u], unit_ptr[u + 1]) whose filter columns (taps) col_of(j) are sorted.
+template <class ColOf>
+ConvGeometry build(const ConvSpec& s, int64_t rows, int64_t cols, int64_t units,
+                   int64_t unit_rows, const int64_t* unit_ptr, ColOf col_of, int px) {
   auto bad = [](const std::string& m) { throw std::invalid_argument(m); };
+  const int64_t entries = unit_ptr[units];
   if (s.kh < 1 || s.kw < 1 || s.stride_h < 1 || s.stride_w < 1 || s.dil_h < 1 || s.dil_w < 1 ||
       s.groups < 1)
     bad("kernel size, stride, dilation and groups must be >= 1");
@@ -41,13 +48,16 @@ ConvGeometry make_conv_geometry(const CsrWeight& w, const ConvSpec& s, int px) {
       s.width > (1 << 24))
     bad("input channels, height and width must be >= 1 (got " + str(s.channels) + ", " +
         str(s.height) + ", " + str(s.width) + ")");
-  if (s.channels % s.groups != 0 || w.rows % s.groups != 0)
-    bad("in channels " + str(s.channels) + " and out channels " + str(w.rows) +
+  if (s.channels % s.groups != 0 || rows % s.groups != 0)
+    bad("in channels " + str(s.channels) + " and out channels " + str(rows) +
         " must be divisible by groups " + str(s.groups));
+  if ((rows / s.groups) % unit_rows != 0)
+    bad(str(unit_rows) + "-row blocks would straddle two groups: " + str(rows / s.groups) +
+        " output channels per group");
   const int64_t cg = s.channels / s.groups;
   const int64_t taps = s.kh * s.kw;
-  if (w.cols != cg * taps)
-    bad("the filter has " + str(w.cols) + " columns per output channel, the input needs " +
+  if (cols != cg * taps)
+    bad("the filter has " + str(cols) + " columns per output channel, the input needs " +
         str(cg) + " x " + str(s.kh) + " x " + str(s.kw) + " = " + str(cg * taps));
   if (px < 1 || px > 1024) bad("px must be in [1, 1024]");
 
@@ -95,24 +105,23 @@ ConvGeometry make_conv_geometry(const CsrWeight& w, const ConvSpec& s, int px) {
   // only a few taps of a row.
   const int64_t foot = g.nphase * (px + max_dy * g.wq + max_dx) * 4;  // bytes per channel
   const int64_t cb_l1 = std::max<int64_t>(1, kTileBytes / std::max<int64_t>(1, foot));
-  const int64_t avg = w.rows ? std::max<int64_t>(1, w.nnz / w.rows) : 1;
+  // Multiply-adds per output channel (an r x 1 block is r of them, for r channels).
+  const int64_t avg = units ? std::max<int64_t>(1, entries / units) : 1;
   const int64_t cb_min = (kMinTapsPerBlock * cg + avg - 1) / avg;
   const int64_t cb0 = std::min(cg, std::max(cb_l1, cb_min));
   g.nb = (cg + cb0 - 1) / cb0;
   g.cb = (cg + g.nb - 1) / g.nb;
 
-  g.blk.assign(static_cast<size_t>(w.rows * (g.nb + 1)), 0);
-  g.offsets = Buffer<int32_t>(static_cast<size_t>(w.nnz));
-  const int64_t rows_per_group = w.rows / s.groups;
-  const void* cols = w.col_idx();
-  for (int64_t o = 0; o < w.rows; ++o) {
-    const int64_t c_base = (o / rows_per_group) * cg;
-    int64_t* bp = &g.blk[o * (g.nb + 1)];
+  g.blk.assign(static_cast<size_t>(units * (g.nb + 1)), 0);
+  g.offsets = Buffer<int32_t>(static_cast<size_t>(entries));
+  const int64_t units_per_group = rows / s.groups / unit_rows;
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t c_base = (u / units_per_group) * cg;
+    int64_t* bp = &g.blk[u * (g.nb + 1)];
     int64_t b = 0;
-    bp[0] = w.row_ptr[o];
-    for (int64_t j = w.row_ptr[o]; j < w.row_ptr[o + 1]; ++j) {
-      const int64_t col = w.index_bits == 16 ? static_cast<const uint16_t*>(cols)[j]
-                                             : static_cast<const int32_t*>(cols)[j];
+    bp[0] = unit_ptr[u];
+    for (int64_t j = unit_ptr[u]; j < unit_ptr[u + 1]; ++j) {
+      const int64_t col = col_of(j);
       const int64_t c = col / taps, t = col % taps;
       while (b < c / g.cb) bp[++b] = j;  // columns are sorted: blocks come in order
       const int64_t ty = s.dil_h * (t / s.kw), tx = s.dil_w * (t % s.kw);
@@ -121,9 +130,32 @@ ConvGeometry make_conv_geometry(const CsrWeight& w, const ConvSpec& s, int px) {
                           (ty / s.stride_h) * g.wq + tx / s.stride_w;
       g.offsets[j] = static_cast<int32_t>(off);
     }
-    while (b < g.nb) bp[++b] = w.row_ptr[o + 1];
+    while (b < g.nb) bp[++b] = unit_ptr[u + 1];
   }
   return g;
+}
+
+}  // namespace
+
+ConvGeometry make_conv_geometry(const CsrWeight& w, const ConvSpec& s, int px) {
+  const void* cols = w.col_idx();
+  if (w.index_bits == 16) {
+    const uint16_t* c16 = static_cast<const uint16_t*>(cols);
+    return build(s, w.rows, w.cols, w.rows, 1, w.row_ptr.data(),
+                 [c16](int64_t j) { return static_cast<int64_t>(c16[j]); }, px);
+  }
+  const int32_t* c32 = static_cast<const int32_t*>(cols);
+  return build(s, w.rows, w.cols, w.rows, 1, w.row_ptr.data(),
+               [c32](int64_t j) { return static_cast<int64_t>(c32[j]); }, px);
+}
+
+ConvGeometry make_conv_geometry(const BsrWeight& w, const ConvSpec& s, int px) {
+  if (w.c != 1)
+    throw std::invalid_argument("convolution blocks must be r x 1 (r output channels of one "
+                                "tap), got " + str(w.r) + " x " + str(w.c));
+  const int32_t* bc = w.block_col.data();
+  return build(s, w.rows, w.cols, w.block_rows, w.r, w.block_row_ptr.data(),
+               [bc](int64_t j) { return static_cast<int64_t>(bc[j]); }, px);
 }
 
 void prepare_conv_input(const ConvGeometry& g, const float* x, float* xq, int64_t c0,

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../common/buffer.h"
+#include "../formats/bsr_weight.h"
 #include "../formats/csr_weight.h"
 
 namespace sparseprune {
@@ -46,19 +47,22 @@ struct ConvGeometry {
   bool direct = false;                // xq is the input itself
   int64_t xq_floats = 0;              // prepared floats per image (tail included); 0 if direct
   int px = 16;                        // pixels per kernel tile (the kernel row's)
-  // Channel blocks: the taps of row o on local channels [b * cb, (b + 1) * cb) are
-  // [blk[o * (nb + 1) + b], blk[o * (nb + 1) + b + 1]) of the CSR arrays, so one tile's slice of
-  // xq (cb channels x (px + halo) floats) stays in L1 while every row walks it.
+  // Channel blocks: the entries (CSR nonzeros or BSR r x 1 blocks) of unit u (a row, or a
+  // block row) on local channels [b * cb, (b + 1) * cb) are [blk[u * (nb + 1) + b],
+  // blk[u * (nb + 1) + b + 1]), so one tile's slice of xq (cb channels x (px + halo) floats)
+  // stays in L1 while every unit walks it.
   int64_t nb = 1, cb = 0;
-  std::vector<int64_t> blk;  // [rows * (nb + 1)]
-  Buffer<int32_t> offsets;   // [nnz]: into one image's xq; offsets[j] + P <= xq size
+  std::vector<int64_t> blk;  // [units * (nb + 1)]
+  Buffer<int32_t> offsets;   // [entries]: into one image's xq (+ P stays inside it)
 };
 
 // Builds the geometry of w (a conv filter flattened to [O, C/groups * kh * kw]) for spec, for
 // a kernel with px-pixel tiles. Throws std::invalid_argument naming the problem when the
 // filter does not match spec (rows % groups, cols = C/groups * kh * kw), the output is empty
-// or negative, or an offset would not fit int32.
+// or negative, or an offset would not fit int32. A BSR filter must have r x 1 blocks that
+// never straddle two groups ((O / groups) % r == 0): each block is one tap of r channels.
 ConvGeometry make_conv_geometry(const CsrWeight& w, const ConvSpec& spec, int px);
+ConvGeometry make_conv_geometry(const BsrWeight& w, const ConvSpec& spec, int px);
 
 // Fills the prepared planes of input channels [c0, c1) of one image (x: [C, H, W] contiguous;
 // xq: g.xq_floats floats). The tail past the last plane is zeroed by the c1 == C call.

@@ -17,10 +17,20 @@ from .packed import PackedModule
 __all__ = ["SparseConv2d", "CONV_FORMATS"]
 
 # Formats whose native weight the convolution kernels take (the filter flattened to
-# [out_channels, in_channels / groups * kh * kw]).
-CONV_FORMATS = ("csr",)
+# [out_channels, in_channels / groups * kh * kw]): CSR for any mask, BSR with r x 1 blocks (r
+# output channels sharing each kept tap: one input load feeds r FMAs) for block masks.
+CONV_FORMATS = ("csr", "bsr")
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MAX_PLANS = 4  # input sizes whose geometry a layer keeps
+
+
+def _suggest_memory_format(x: torch.Tensor) -> torch.memory_format:
+    try:  # torch's own rule (what its conv uses to lay out the output)
+        from torch._prims_common import suggest_memory_format
+    except ImportError:  # pragma: no cover - older torch
+        return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format)
+    return suggest_memory_format(x)
 
 
 def _is_int(v) -> bool:
@@ -28,7 +38,8 @@ def _is_int(v) -> bool:
 
 
 class SparseConv2d(PackedModule):
-    """``conv2d(x, W) + b`` with W packed sparse (CSR over the flattened filter) and run natively.
+    """``conv2d(x, W) + b`` with W packed sparse (CSR, or BSR with r x 1 blocks, over the
+    flattened filter) and run natively.
 
     Same arguments and output as ``nn.Conv2d`` (any kernel size, stride, padding including
     ``"same"`` / ``"valid"`` and non-zero padding modes, dilation, groups). Inference only: when
@@ -44,7 +55,7 @@ class SparseConv2d(PackedModule):
         weight: the packed filter, shape [out_channels, in_channels / groups * kh * kw]; an
             all-zero CSR filter when omitted.
         name / kernels: see ``PackedModule``; ``kernels`` holds at most one name, a
-            ``spconv`` row of ``sparseprune.ops.list_kernels()``.
+            ``spconv`` row of ``sparseprune.ops.list_kernels()`` for the weight's format.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -110,9 +121,17 @@ class SparseConv2d(PackedModule):
                 f"x{kh}x{kw}]")
 
     def _set_weight(self, weight: PackedWeight) -> None:
-        if isinstance(weight, PackedWeight) and weight.NAME not in CONV_FORMATS:
-            raise ValueError(f"{self._where()}: convolutions run {CONV_FORMATS} filters, not "
-                             f"{weight.NAME}")
+        if isinstance(weight, PackedWeight):
+            if weight.NAME not in CONV_FORMATS:
+                raise ValueError(f"{self._where()}: convolutions run {CONV_FORMATS} filters, "
+                                 f"not {weight.NAME}")
+            if weight.NAME == "bsr":
+                r, c = weight.params
+                if c != 1 or (self.out_channels // self.groups) % r:
+                    raise ValueError(
+                        f"{self._where()}: conv blocks must be r x 1 with r dividing the "
+                        f"{self.out_channels // self.groups} output channels per group, got "
+                        f"{r}x{c}")
         super()._set_weight(weight)
 
     def _check_kernels(self, names: tuple[str, ...]) -> None:
@@ -124,9 +143,41 @@ class SparseConv2d(PackedModule):
             if n not in rows:
                 raise ValueError(f"{self._where()}: {n!r} is not a convolution kernel (known: "
                                  f"{sorted(rows)})")
-            if not rows[n]["supported"]:
-                raise ValueError(f"{self._where()}: kernel {n!r} needs {rows[n]['isa']}, which "
+            row = rows[n]
+            r = self.weight.params[0] if self.weight.NAME == "bsr" else 1
+            if row["format"] != self.weight.NAME or row["nr"] not in (0, r):
+                raise ValueError(f"{self._where()}: kernel {n!r} runs {row['format']} filters"
+                                 f"{' of ' + str(row['nr']) + '-row blocks' if row['nr'] else ''}"
+                                 f", not this {self.weight.NAME} filter")
+            if not row["supported"]:
+                raise ValueError(f"{self._where()}: kernel {n!r} needs {row['isa']}, which "
                                  "this CPU does not support")
+
+    # --- persistence: the 4-D filter shape beside the packed [O, C/groups * kh * kw] one ---
+    _FILTER_KEY = "filter_shape"
+
+    def _filter_shape(self) -> list[int]:
+        return [self.out_channels, self.in_channels // self.groups, *self.kernel_size]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + self._FILTER_KEY] = torch.tensor(self._filter_shape())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + self._FILTER_KEY
+        if key in state_dict:
+            got = state_dict[key]
+            if not (isinstance(got, torch.Tensor) and got.dtype == torch.int64
+                    and got.shape == (4,) and got.tolist() == self._filter_shape()):
+                shown = got.tolist() if isinstance(got, torch.Tensor) else got
+                raise ValueError(f"{self._where()}: state_dict holds a filter of shape {shown}, "
+                                 f"not {self._filter_shape()}")
+        elif strict:
+            missing_keys.append(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        unexpected_keys[:] = [k for k in unexpected_keys if k != key]
 
     # --- construction ---
     @classmethod
@@ -200,24 +251,13 @@ class SparseConv2d(PackedModule):
                                               kh, kw).to(dtype)
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``nn.Conv2d`` computes, on x as given (its dtype and memory format)."""
         b = self.bias
-        pads = self._conv_args()[7:]
-        x = F.pad(self._pre_pad(x), (pads[1], pads[3], pads[0], pads[2]))
-        return F.conv2d(x, self._dense_weight(x.dtype), None if b is None else b.to(x.dtype),
-                        self.stride, 0, self.dilation, self.groups)
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, C, H, W] float32 contiguous CPU, padding already applied; eager mode."""
-        plan = self._plan_for(*x.shape[1:])
-        y, nonfinite = ops.conv2d_numpy(plan, x.numpy(), self._bias_numpy())
-        if nonfinite:
-            # Dense torch spreads NaN / Inf through the pruned zeros too (0 * Inf = NaN).
-            b = self._bias()
-            pads = self._conv_args()[7:]
-            y = F.conv2d(F.pad(x, (pads[1], pads[3], pads[0], pads[2])),
-                         self._dense_weight(torch.float32), b, self.stride, 0, self.dilation,
-                         self.groups)
-        return y
+        w = self._dense_weight(x.dtype)
+        b = None if b is None else b.to(x.dtype)
+        if self.padding_mode != "zeros":
+            return F.conv2d(self._pre_pad(x), w, b, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         where = self._where()
@@ -233,21 +273,26 @@ class SparseConv2d(PackedModule):
                              f"[{self.in_channels}, H, W], got {tuple(x.shape)}")
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        if x.requires_grad and torch.is_grad_enabled():
+        if (x.requires_grad and torch.is_grad_enabled()) or x.shape[0] == 0:
             return self._dense_forward(x)
-        if x.shape[0] == 0:
-            return self._dense_forward(x)
-        xp = self._pre_pad(x.to(torch.float32))
-        # What F.conv2d would return for this input (the padded one, for padding modes).
+        x32 = x.to(torch.float32)
+        xp = self._pre_pad(x32)
+        # The memory format F.conv2d gives its output: torch suggests it from the strides (a
+        # channels_last slice counts too).
         channels_last = (xp.shape[1] > 1 and not xp.is_contiguous()
-                         and xp.is_contiguous(memory_format=torch.channels_last))
-        x32 = xp.contiguous()
+                         and _suggest_memory_format(xp) == torch.channels_last)
+        xc = xp.contiguous()
         if ops.is_tracing():
             w = self.weight
-            y = ops.conv2d(x32, w.FORMAT_ID, w.shape, w.params, self._traced_tensors(),
+            y = ops.conv2d(xc, w.FORMAT_ID, w.shape, w.params, self._traced_tensors(),
                            self._bias(), self._conv_args())
         else:
-            y = self._run(x32)
+            plan = self._plan_for(*xc.shape[1:])
+            y, nonfinite = ops.conv2d_numpy(plan, xc.numpy(), self._bias_numpy())
+            if nonfinite:
+                # Dense torch spreads NaN / Inf through the pruned zeros too (0 * Inf = NaN):
+                # such calls run densely, on the input as given, for torch's exact result.
+                return self._dense_forward(x32).to(x.dtype)
         y = y.to(x.dtype)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 

@@ -30,8 +30,8 @@ class SparseLinear(PackedModule):
     computed in float32 (the weight's precision) and returned in the input's dtype; integer or
     CUDA inputs raise a clear error. Rows need only be contiguous (any row stride). NaN and Inf
     propagate exactly as in dense torch (rows holding them are recomputed densely, since dense
-    torch also spreads them through the pruned zeros: 0 * Inf = NaN; compiled or exported graphs
-    skip that fix-up). An empty batch returns an empty output. ``.half()`` / ``.double()`` keep
+    torch also spreads them through the pruned zeros: 0 * Inf = NaN; compiled and exported graphs
+    too). An empty batch returns an empty output. ``.half()`` / ``.double()`` keep
     the packed weight and bias in float32; moving to another device raises.
 
     Args:
