@@ -41,7 +41,7 @@ struct KernelInfo {
 #undef SP_KERNEL
 #define SP_CONV(isa, fn, W, px, nr)                                                            \
   void fn(const W& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,  \
-          int64_t ldy, int64_t o0, int64_t o1);
+          int64_t ldy, int64_t u0, int64_t u1, int64_t pb, int64_t pe);
 #include "spconv/spconv_kernels.inc"
 #undef SP_CONV
 

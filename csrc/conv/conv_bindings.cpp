@@ -138,8 +138,9 @@ bool conv2d(const ConvPlan& p, const py::array& x, const py::object& bias, py::a
   const float* xp = static_cast<const float*>(x.data());
   float* yp = static_cast<float*>(y.mutable_data());
   py::gil_scoped_release release;
-  std::visit([&](const auto& b) { run_conv(*b.w, p.g, b.kernel.fn, xp, batch, bias_ptr, yp, nthreads); },
-             p.bound);
+  std::visit(
+      [&](const auto& b) { run_conv(*b.w, p.g, b.kernel.fn, xp, batch, bias_ptr, yp, nthreads); },
+      p.bound);
   return any_nonfinite(xp, 1, batch * s.channels * s.height * s.width, 0);
 }
 

@@ -170,7 +170,8 @@ void prepare_conv_input(const ConvGeometry& g, const float* x, float* xq, int64_
       const int64_t first = s.pad_left - b;  // sw * j >= first
       const int64_t j0 = std::min(g.wq, first <= 0 ? 0 : (first + s.stride_w - 1) / s.stride_w);
       const int64_t lim = s.width + s.pad_left - b;  // sw * j < lim
-      const int64_t j1 = std::max(j0, std::min(g.wq, lim <= 0 ? 0 : (lim + s.stride_w - 1) / s.stride_w));
+      const int64_t n_in = lim <= 0 ? 0 : (lim + s.stride_w - 1) / s.stride_w;
+      const int64_t j1 = std::max(j0, std::min(g.wq, n_in));
       for (int64_t i = 0; i < g.hq; ++i) {
         float* row = dst + i * g.wq;
         const int64_t sr = s.stride_h * i + a - s.pad_top;

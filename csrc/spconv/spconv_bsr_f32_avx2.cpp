@@ -59,21 +59,21 @@ inline void tile(const BsrWeight& w, const ConvGeometry& g, const float* xq, con
 
 template <int R, int RS, int V>
 void run(const BsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,
-         int64_t ldy, int64_t u0, int64_t u1) {
+         int64_t ldy, int64_t u0, int64_t u1, int64_t pb, int64_t pe) {
   constexpr int PX = 8 * V;
-  int64_t p0 = 0;
-  for (; p0 + PX <= g.pixels; p0 += PX)
+  int64_t p0 = pb;
+  for (; p0 + PX <= pe; p0 += PX)
     tile<R, RS, V, false>(w, g, xq, bias, y, ldy, u0, u1, p0, PX);
-  if (p0 < g.pixels)
-    tile<R, RS, V, true>(w, g, xq, bias, y, ldy, u0, u1, p0, static_cast<int>(g.pixels - p0));
+  if (p0 < pe)
+    tile<R, RS, V, true>(w, g, xq, bias, y, ldy, u0, u1, p0, static_cast<int>(pe - p0));
 }
 
 }  // namespace
 
 #define SP_BSR_CONV(name, R, RS, V)                                                       \
   void name(const BsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias, \
-            float* y, int64_t ldy, int64_t u0, int64_t u1) {                             \
-    run<R, RS, V>(w, g, xq, bias, y, ldy, u0, u1);                                        \
+            float* y, int64_t ldy, int64_t u0, int64_t u1, int64_t pb, int64_t pe) {     \
+    run<R, RS, V>(w, g, xq, bias, y, ldy, u0, u1, pb, pe);                                \
   }
 SP_BSR_CONV(spconv_bsr4x1_f32_16px_avx2, 4, 4, 2)
 SP_BSR_CONV(spconv_bsr8x1_f32_8px_avx2, 8, 8, 1)

@@ -59,20 +59,20 @@ inline void tile(const BsrWeight& w, const ConvGeometry& g, const float* xq, con
 
 template <int R, int V>
 void run(const BsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,
-         int64_t ldy, int64_t u0, int64_t u1) {
+         int64_t ldy, int64_t u0, int64_t u1, int64_t pb, int64_t pe) {
   constexpr int PX = 16 * V;
-  int64_t p0 = 0;
-  for (; p0 + PX <= g.pixels; p0 += PX) tile<R, V, false>(w, g, xq, bias, y, ldy, u0, u1, p0, PX);
-  if (p0 < g.pixels)
-    tile<R, V, true>(w, g, xq, bias, y, ldy, u0, u1, p0, static_cast<int>(g.pixels - p0));
+  int64_t p0 = pb;
+  for (; p0 + PX <= pe; p0 += PX) tile<R, V, false>(w, g, xq, bias, y, ldy, u0, u1, p0, PX);
+  if (p0 < pe)
+    tile<R, V, true>(w, g, xq, bias, y, ldy, u0, u1, p0, static_cast<int>(pe - p0));
 }
 
 }  // namespace
 
 #define SP_BSR_CONV(name, R, V)                                                           \
   void name(const BsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias, \
-            float* y, int64_t ldy, int64_t u0, int64_t u1) {                             \
-    run<R, V>(w, g, xq, bias, y, ldy, u0, u1);                                            \
+            float* y, int64_t ldy, int64_t u0, int64_t u1, int64_t pb, int64_t pe) {     \
+    run<R, V>(w, g, xq, bias, y, ldy, u0, u1, pb, pe);                                    \
   }
 SP_BSR_CONV(spconv_bsr4x1_f32_64px_avx512, 4, 4)
 SP_BSR_CONV(spconv_bsr4x1_f32_32px_avx512, 4, 2)

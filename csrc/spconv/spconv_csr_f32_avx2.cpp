@@ -60,29 +60,32 @@ inline void tile(const CsrWeight& w, const ConvGeometry& g, const float* xq, con
 
 template <int V, int S>
 void run(const CsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,
-         int64_t ldy, int64_t o0, int64_t o1) {
+         int64_t ldy, int64_t o0, int64_t o1, int64_t pb, int64_t pe) {
   constexpr int PX = 8 * V;
-  int64_t p0 = 0;
-  for (; p0 + PX <= g.pixels; p0 += PX) tile<V, S, false>(w, g, xq, bias, y, ldy, o0, o1, p0, PX);
-  if (p0 < g.pixels)
-    tile<V, S, true>(w, g, xq, bias, y, ldy, o0, o1, p0, static_cast<int>(g.pixels - p0));
+  int64_t p0 = pb;
+  for (; p0 + PX <= pe; p0 += PX) tile<V, S, false>(w, g, xq, bias, y, ldy, o0, o1, p0, PX);
+  if (p0 < pe)
+    tile<V, S, true>(w, g, xq, bias, y, ldy, o0, o1, p0, static_cast<int>(pe - p0));
 }
 
 }  // namespace
 
 void spconv_csr_f32_64px_avx2(const CsrWeight& w, const ConvGeometry& g, const float* xq,
-                              const float* bias, float* y, int64_t ldy, int64_t o0, int64_t o1) {
-  run<8, 1>(w, g, xq, bias, y, ldy, o0, o1);
+                              const float* bias, float* y, int64_t ldy, int64_t o0,
+                              int64_t o1, int64_t pb, int64_t pe) {
+  run<8, 1>(w, g, xq, bias, y, ldy, o0, o1, pb, pe);
 }
 
 void spconv_csr_f32_32px_avx2(const CsrWeight& w, const ConvGeometry& g, const float* xq,
-                              const float* bias, float* y, int64_t ldy, int64_t o0, int64_t o1) {
-  run<4, 2>(w, g, xq, bias, y, ldy, o0, o1);
+                              const float* bias, float* y, int64_t ldy, int64_t o0,
+                              int64_t o1, int64_t pb, int64_t pe) {
+  run<4, 2>(w, g, xq, bias, y, ldy, o0, o1, pb, pe);
 }
 
 void spconv_csr_f32_16px_avx2(const CsrWeight& w, const ConvGeometry& g, const float* xq,
-                              const float* bias, float* y, int64_t ldy, int64_t o0, int64_t o1) {
-  run<2, 2>(w, g, xq, bias, y, ldy, o0, o1);
+                              const float* bias, float* y, int64_t ldy, int64_t o0,
+                              int64_t o1, int64_t pb, int64_t pe) {
+  run<2, 2>(w, g, xq, bias, y, ldy, o0, o1, pb, pe);
 }
 
 }  // namespace sparseprune

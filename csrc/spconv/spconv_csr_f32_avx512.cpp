@@ -64,32 +64,32 @@ inline void tile(const CsrWeight& w, const ConvGeometry& g, const float* xq, con
 
 template <int V>
 void run(const CsrWeight& w, const ConvGeometry& g, const float* xq, const float* bias, float* y,
-         int64_t ldy, int64_t o0, int64_t o1) {
+         int64_t ldy, int64_t o0, int64_t o1, int64_t pb, int64_t pe) {
   constexpr int PX = 16 * V;
-  int64_t p0 = 0;
-  for (; p0 + PX <= g.pixels; p0 += PX) tile<V, false>(w, g, xq, bias, y, ldy, o0, o1, p0, PX);
-  if (p0 < g.pixels)
-    tile<V, true>(w, g, xq, bias, y, ldy, o0, o1, p0, static_cast<int>(g.pixels - p0));
+  int64_t p0 = pb;
+  for (; p0 + PX <= pe; p0 += PX) tile<V, false>(w, g, xq, bias, y, ldy, o0, o1, p0, PX);
+  if (p0 < pe)
+    tile<V, true>(w, g, xq, bias, y, ldy, o0, o1, p0, static_cast<int>(pe - p0));
 }
 
 }  // namespace
 
 void spconv_csr_f32_128px_avx512(const CsrWeight& w, const ConvGeometry& g, const float* xq,
                                  const float* bias, float* y, int64_t ldy, int64_t o0,
-                                 int64_t o1) {
-  run<8>(w, g, xq, bias, y, ldy, o0, o1);
+                                 int64_t o1, int64_t pb, int64_t pe) {
+  run<8>(w, g, xq, bias, y, ldy, o0, o1, pb, pe);
 }
 
 void spconv_csr_f32_64px_avx512(const CsrWeight& w, const ConvGeometry& g, const float* xq,
                                 const float* bias, float* y, int64_t ldy, int64_t o0,
-                                int64_t o1) {
-  run<4>(w, g, xq, bias, y, ldy, o0, o1);
+                                int64_t o1, int64_t pb, int64_t pe) {
+  run<4>(w, g, xq, bias, y, ldy, o0, o1, pb, pe);
 }
 
 void spconv_csr_f32_32px_avx512(const CsrWeight& w, const ConvGeometry& g, const float* xq,
                                 const float* bias, float* y, int64_t ldy, int64_t o0,
-                                int64_t o1) {
-  run<2>(w, g, xq, bias, y, ldy, o0, o1);
+                                int64_t o1, int64_t pb, int64_t pe) {
+  run<2>(w, g, xq, bias, y, ldy, o0, o1, pb, pe);
 }
 
 }  // namespace sparseprune

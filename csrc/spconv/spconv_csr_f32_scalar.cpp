@@ -9,13 +9,13 @@ namespace sparseprune {
 
 void spconv_csr_f32_16px_scalar(const CsrWeight& w, const ConvGeometry& g, const float* xq,
                                 const float* bias, float* y, int64_t ldy, int64_t o0,
-                                int64_t o1) {
+                                int64_t o1, int64_t pb, int64_t pe) {
   constexpr int PX = 16;
   const float* val = w.values.data();
   const int32_t* off = g.offsets.data();
   const int64_t nb1 = g.nb + 1;
-  for (int64_t p0 = 0; p0 < g.pixels; p0 += PX) {
-    const int n = static_cast<int>(std::min<int64_t>(PX, g.pixels - p0));
+  for (int64_t p0 = pb; p0 < pe; p0 += PX) {
+    const int n = static_cast<int>(std::min<int64_t>(PX, pe - p0));
     const float* xp = xq + p0;
     for (int64_t b = 0; b < g.nb; ++b) {
       for (int64_t o = o0; o < o1; ++o) {
