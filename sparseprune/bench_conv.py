@@ -120,10 +120,12 @@ class ConvCase:
     sparsity: float
     batch: int
     threads: int = 1
+    block: int = 1  # r > 1: r x 1 blocks (r output channels of one tap) pruned whole
 
     @property
     def label(self) -> str:
-        return f"{self.shape.label}-s{self.sparsity:g}-b{self.batch}-t{self.threads}"
+        blk = f"-{self.block}x1" if self.block > 1 else ""
+        return f"{self.shape.label}{blk}-s{self.sparsity:g}-b{self.batch}-t{self.threads}"
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,23 @@ def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.reshape(w.shape)
 
 
+def block_mask(w: torch.Tensor, sparsity: float, r: int) -> torch.Tensor:
+    """Keeps the largest-L1 r x 1 blocks of the [O, C/g * kh * kw] filter (exact count)."""
+    o = w.shape[0]
+    if o % r:
+        raise ValueError(f"{r}x1 blocks need out channels divisible by {r}, got {o}")
+    scores = w.reshape(o // r, r, -1).abs().sum(1)  # [O / r, taps]
+    keep = magnitude_mask(scores, sparsity)
+    return keep[:, None, :].expand(o // r, r, keep.shape[1]).reshape(w.shape)
+
+
 def case_inputs(case: ConvCase, seed: int = 0):
     """(masked filter [O, C/g, kh, kw], bias [O], x [N, C, H, W])."""
     g = torch.Generator().manual_seed(seed)
     s = case.shape
     w = torch.randn(s.weight_shape, generator=g) * (s.c // s.groups * s.kh * s.kw) ** -0.5
-    w *= magnitude_mask(w, case.sparsity)
+    w *= (block_mask(w, case.sparsity, case.block) if case.block > 1
+          else magnitude_mask(w, case.sparsity))
     b = torch.randn(s.o, generator=g)
     x = torch.randn(case.batch, s.c, s.h, s.w, generator=g)
     return w, b, x
@@ -190,8 +203,22 @@ def _ours(w, b, x, s):
     conv = nn.Conv2d(s.c, s.o, (s.kh, s.kw), s.stride, s.pad, groups=s.groups)
     conv.weight.data.copy_(w)
     conv.bias.data.copy_(b)
-    layer = SparseConv2d.from_dense(conv)
+    r = _block_rows(w)
+    layer = (SparseConv2d.from_dense(conv, format="bsr", params=(r, 1)) if r > 1
+             else SparseConv2d.from_dense(conv))
     return lambda: layer(x)
+
+
+def _block_rows(w: torch.Tensor) -> int:
+    """The largest r in (16, 8, 4) whose r x 1 blocks tile w's nonzeros exactly, else 1."""
+    o = w.shape[0]
+    flat = w.reshape(o, -1) != 0
+    for r in (16, 8, 4):
+        if o % r == 0 and flat.any():
+            blocks = flat.reshape(o // r, r, -1)
+            if bool((blocks.all(1) == blocks.any(1)).all()):
+                return r
+    return 1
 
 
 def _im2col_csr(w, b, x, s):
@@ -251,7 +278,8 @@ def run_case(case: ConvCase, methods: Iterable[str] = tuple(METHODS), *, min_tim
             times = _time_vs({m: METHODS[m](w, b, x, s) for m in methods}, min_time, rounds)
     finally:
         torch.set_num_threads(prev)
-    return [ConvResult(s.label, case.sparsity, case.batch, case.threads, m, t, r,
+    label = s.label + (f" {case.block}x1 blocks" if case.block > 1 else "")
+    return [ConvResult(label, case.sparsity, case.batch, case.threads, m, t, r,
                        flops[m] / t / 1e9) for m, (t, r) in times.items()]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -57,10 +58,19 @@ def _check_bench_values(sparsities, batches, threads, rounds, min_time) -> None:
 def _cmd_bench_conv(args: argparse.Namespace) -> int:
     from . import bench_conv
 
-    for flag, value in (("--shapes", args.shapes), ("--report", args.report),
-                        ("--patterns", args.patterns != "unstructured")):
+    for flag, value in (("--shapes", args.shapes), ("--report", args.report)):
         if value:
             raise SystemExit(f"sparseprune bench: {flag} is for the Linear bench, not --conv")
+    blocks = []
+    for p in args.patterns.split(","):
+        m = re.fullmatch(r"(\d+)x1", p.strip())
+        if p.strip() == "unstructured":
+            blocks.append(1)
+        elif m and int(m[1]) in (4, 8, 16):
+            blocks.append(int(m[1]))
+        else:
+            raise SystemExit(f"sparseprune bench: with --conv, --patterns takes 'unstructured' "
+                             f"and r x 1 blocks '4x1', '8x1', '16x1', got {p!r}")
     if args.quick:
         args.model, args.conv_shape, args.e2e = "resnet18", [], False
         sparsities, batches, min_time, rounds = [0.9], [1], 0.1, 3
@@ -83,8 +93,9 @@ def _cmd_bench_conv(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"sparseprune bench: unknown --methods {unknown}; with --conv choose "
                          f"from {list(bench_conv.METHODS)}")
-    cases = [bench_conv.ConvCase(shape, s, b, t) for shape in dict.fromkeys(shapes)
-             for s in sparsities for b in batches for t in args.threads]
+    cases = [bench_conv.ConvCase(shape, s, b, t, r) for shape in dict.fromkeys(shapes)
+             for r in blocks for s in sparsities for b in batches for t in args.threads
+             if shape.o % r == 0 and (r == 1 or shape.groups == 1)]
     t0 = time.perf_counter()
     results = bench_conv.run_cases(cases, methods, min_time=min_time, rounds=rounds,
                                    progress=not args.no_progress)

@@ -56,6 +56,21 @@ def test_tiny_run_gives_every_row():
         bench_conv.run_case(case, ["nope"])
 
 
+def test_block_cases_mask_whole_r_by_1_blocks_and_run_bsr(capsys):
+    case = bench_conv.ConvCase(bench_conv.parse_shape("16 16 8 8 3 3 1 1 1"), 0.75, 1, block=8)
+    w, _, _ = bench_conv.case_inputs(case)
+    blocks = (w.reshape(2, 8, -1) != 0)
+    assert bool((blocks.all(1) == blocks.any(1)).all())  # every block kept or pruned whole
+    assert abs(float((w == 0).float().mean()) - 0.75) < 0.01
+    assert bench_conv._block_rows(w) == 8
+    assert main(["bench", "--conv", "--conv-shape", "16,16,6,6,3,3,1,1,1", "--patterns",
+                 "unstructured,8x1", "--sparsity", "0.9", "--batch", "1", "--rounds", "1",
+                 "--min-time", "0.002", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| 16x16@6x6-k3x3-s1-p1 8x1 blocks | 0.9 | 1 | 1 | sparseprune |" in out
+    assert "| 16x16@6x6-k3x3-s1-p1 | 0.9 | 1 | 1 | sparseprune |" in out
+
+
 def test_end_to_end_resnet18_is_converted():
     model = bench_conv.resnet18(0.9, image_size=32)
     assert sum(p.numel() for p in model.parameters()) == 11_689_512  # torchvision's count
@@ -84,7 +99,8 @@ def test_cli_conv_runs(capsys):
     (["--sparsity", "1.5"], "sparsity"), (["--batch", "0"], "--batch"),
     (["--model", "vgg"], "unknown model"), (["--conv-shape", "1,2,3"], "bad conv shape"),
     (["--methods", "nope"], "unknown --methods"), (["--e2e-size", "8"], "--e2e-size"),
-    (["--shapes", "16x16"], "Linear bench"), (["--report", "x.md"], "Linear bench")])
+    (["--shapes", "16x16"], "Linear bench"), (["--report", "x.md"], "Linear bench"),
+    (["--patterns", "2:4"], "r x 1 blocks")])
 def test_cli_conv_refuses_bad_arguments(args, message, capsys):
     assert main(["bench", "--conv", *args]) == 2  # refused before anything runs
     err = capsys.readouterr().err
