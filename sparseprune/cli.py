@@ -260,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--unsafe-load", action="store_true", help=unsafe_help)
     insp.set_defaults(func=_cmd_inspect)
 
-    conv = sub.add_parser("convert", help="pack an already pruned model's Linear layers, report "
-                          "and time them against dense")
+    conv = sub.add_parser("convert", help="pack an already pruned model's Linear layers (and "
+                          "Conv2d layers of a whole module), report and time them against dense")
     conv.add_argument("path")
     conv.add_argument("-o", "--output", required=True, help="file to write")
     conv.add_argument("--min-sparsity", type=float, default=0.5)

@@ -200,9 +200,10 @@ EDGE_CASES = {
     "many_tiles": ConvCase(n=1, c=3, h=40, w=40, o=4, pads=(1, 1, 1, 1)),
     "pixels_eq_128": ConvCase(n=1, c=2, h=8, w=16, o=3, k=(1, 1)),
     "pixels_eq_129": ConvCase(n=1, c=2, h=3, w=43, o=3, k=(1, 1)),
-    # Enough input channels and taps per row for several channel blocks (L1-sized slices).
-    "channel_blocks": ConvCase(n=1, c=64, h=20, w=20, o=8, pads=(1, 1, 1, 1)),
-    "channel_blocks_groups2": ConvCase(n=1, c=256, h=12, w=12, o=6, groups=2,
+    # Enough input channels, taps per row and image width for several channel blocks
+    # (L1-sized slices) at every tile width, 16-pixel scalar tiles included.
+    "channel_blocks": ConvCase(n=1, c=128, h=40, w=40, o=8, pads=(1, 1, 1, 1)),
+    "channel_blocks_groups2": ConvCase(n=1, c=256, h=40, w=40, o=6, groups=2,
                                        pads=(1, 1, 1, 1), empty_rows=True),
     # Work enough for the driver to really split the output channels between threads.
     "threads_split": ConvCase(n=2, c=16, h=24, w=24, o=12, pads=(1, 1, 1, 1)),
