@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import unknown_name
+from .sparsegpt import SparseGPT
 
 __all__ = [
     "CRITERIA",
@@ -31,6 +32,7 @@ __all__ = [
     "L2",
     "Magnitude",
     "Random",
+    "SparseGPT",
     "Taylor",
     "Wanda",
     "get_criterion",
@@ -143,12 +145,15 @@ class Wanda:
     """``|w_ij| · ‖x_j‖₂`` with ``x_j`` the j-th input over all calibration rows.
 
     Sun et al., "A Simple and Effective Pruning Approach for Large Language Models" (ICLR 2024).
-    Inputs are gathered with forward pre-hooks in one pass of the current (masked) model, not
-    layer by layer through pruned predecessors as in the paper. The paper compares scores
-    within an output row; use ``scope="layer"`` with a row pattern for that, or global as you like.
+    Scores are compared within each output row by default (``scope="row"``, the paper's
+    comparison group; per layer or global ranks mix rows and layers whose inputs have different
+    scales). Inputs are gathered with forward pre-hooks in one pass of the current (masked)
+    model; ``prune(..., sequential=True)`` gathers them layer by layer through the pruned
+    predecessors instead, as in the paper.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"activations"})
+    default_scope: ClassVar[str] = "row"
 
     def __call__(self, module: nn.Module, ctx: Context) -> Tensor:
         if ctx.act_norms is None:
@@ -177,6 +182,7 @@ CRITERIA: dict[str, type] = {
     "l2": L2,
     "taylor": Taylor,
     "wanda": Wanda,
+    "sparsegpt": SparseGPT,
     "random": Random,
 }
 
@@ -199,10 +205,11 @@ def get_criterion(spec: str | Criterion) -> Criterion:
 
 
 def requirements(criterion: Criterion) -> frozenset[str]:
-    """What calibration data a criterion needs: a subset of {"activations", "gradients"}."""
+    """What calibration data a criterion needs: a subset of {"activations", "gradients",
+    "hessian"} (``"hessian"``: a reconstructing criterion such as :class:`SparseGPT`)."""
     needs = frozenset(getattr(criterion, "requires", frozenset()))
-    unknown = needs - {"activations", "gradients"}
+    unknown = needs - {"activations", "gradients", "hessian"}
     if unknown:
         raise ValueError(f"criterion {criterion!r} requires unknown data {sorted(unknown)}; "
-                         "known: 'activations', 'gradients'")
+                         "known: 'activations', 'gradients', 'hessian'")
     return needs

@@ -48,6 +48,8 @@ class PruneReport:
         scope: ``"global"`` or ``"layer"``.
         step: the schedule round, or None for a one-off :func:`prune`.
         layers: one entry per target tensor, in model order.
+        ignored: ``(name, why)`` of modules an ``include`` name covered but that were not
+            pruned (LayerNorms, embeddings under a glob).
     """
 
     sparsity: float
@@ -56,6 +58,7 @@ class PruneReport:
     scope: str
     step: int | None
     layers: tuple[LayerReport, ...]
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def numel(self) -> int:
@@ -110,4 +113,9 @@ class PruneReport:
             lines.append(f"protected: {', '.join(n or '<model>' for n in self.protected)}")
         if self.skipped:
             lines.append(f"skipped: {', '.join(n or '<model>' for n in self.skipped)}")
+        if self.ignored:
+            names = [n for n, _ in self.ignored]
+            shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8
+                                            else "")
+            lines.append(f"not pruned (matched by include, not a Linear/Conv layer): {shown}")
         return "\n".join(line.rstrip() for line in lines)

@@ -4,8 +4,10 @@
   ``nn.Conv1d/2d/3d``), minus ``exclude``.
 * :func:`plan_rates` gives each one a rate: explicit ``layer_sparsity`` first, then the
   :class:`Protect` defaults (first conv dense, last ``nn.Linear`` at half the rate), else the pool.
-* :class:`PerLayer` prunes every pooled tensor to the target on its own; :class:`Global` ranks all
-  pooled tensors' units together (one threshold), like ``torch.nn.utils.prune.global_unstructured``.
+* :class:`PerLayer` prunes every pooled tensor to the target on its own; :class:`PerRow` prunes
+  every output row (the ``[O, K]`` view's row) to it, the comparison group of Wanda;
+  :class:`Global` ranks all pooled tensors' units together (one threshold), like
+  ``torch.nn.utils.prune.global_unstructured``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 
 from ._checks import check_fraction, check_rate, prune_count, unknown_name
 from .masks import Target, trainable
-from .patterns import Pattern, lowest
+from .patterns import NM, Pattern, Unstructured, lowest
 
 __all__ = [
     "DEFAULT_TYPES",
@@ -28,10 +30,13 @@ __all__ = [
     "Global",
     "LayerPlan",
     "PerLayer",
+    "PerRow",
     "Protect",
     "Scope",
     "get_scope",
     "plan_rates",
+    "row_mask",
+    "select",
     "select_targets",
 ]
 
@@ -68,15 +73,33 @@ def select_targets(
     exclude: Iterable[str] = (),
     param: str = "weight",
 ) -> list[Target]:
-    """The tensors to prune, in ``model.named_modules()`` order.
+    """The tensors to prune, in ``model.named_modules()`` order (see :func:`select`)."""
+    return select(model, include=include, exclude=exclude, param=param)[0]
+
+
+def select(
+    model: nn.Module,
+    *,
+    include: Sequence[Selector] | Callable[[str, nn.Module], bool] | None = None,
+    exclude: Iterable[str] = (),
+    param: str = "weight",
+) -> tuple[list[Target], list[tuple[str, str]]]:
+    """The tensors to prune, and the modules a name in ``include`` matched but left alone.
 
     Args:
         model: the model.
-        include: None for :data:`DEFAULT_TYPES`; a sequence of module types and/or layer names
-            (exact, parent container or glob); or a predicate ``(name, module) -> bool``.
+        include: None for :data:`DEFAULT_TYPES`; a sequence of module types and/or layer names;
+            or a predicate ``(name, module) -> bool`` (which selects any module with ``param``).
+            A glob or a parent container name (``"encoder"``, ``"encoder.*"``) selects the
+            :data:`DEFAULT_TYPES` layers under it, so it may also cover LayerNorms and
+            embeddings, which are named in the second return value instead of being pruned; an
+            exact module name selects that module whatever its type.
         exclude: layer names (exact, parent container or glob) to leave alone; each must match
             at least one included layer.
         param: name of the parameter to prune in each layer.
+
+    Returns:
+        (targets, [(name, why not pruned), ...]).
 
     Raises:
         ValueError: an ``exclude`` or ``include`` name matches nothing, a named layer lacks
@@ -86,6 +109,7 @@ def select_targets(
         exclude = [exclude]  # a lone string is one name, not a sequence of characters
     exclude = list(exclude)
     modules = list(model.named_modules())
+    ignored: list[tuple[str, str]] = []
     if include is None:
         include = DEFAULT_TYPES
     if callable(include) and not isinstance(include, type):
@@ -106,11 +130,22 @@ def select_targets(
             if not any(_has_param(m, param) for _, m in hits):
                 raise ValueError(f"include name {pattern!r} matches modules without a "
                                  f"parameter {param!r}")
-        chosen = [
-            (n, m) for n, m in modules
-            if _has_param(m, param)
-            and (isinstance(m, types) or any(_name_matches(p, n) for p in names))
-        ]
+        chosen = []
+        for n, m in modules:
+            if not _has_param(m, param):
+                continue
+            if isinstance(m, types) or n in names:
+                chosen.append((n, m))
+            elif any(_name_matches(p, n) for p in names):
+                if isinstance(m, DEFAULT_TYPES):
+                    chosen.append((n, m))
+                else:
+                    ignored.append((n, f"{type(m).__name__} is not a Linear/Conv layer (name it "
+                                       "exactly, or pass its type in include=, to prune it)"))
+        if names and not chosen:
+            raise ValueError(f"include names {names!r} match no Linear/Conv layer with a "
+                             f"parameter {param!r}; they matched only "
+                             f"{_some(n for n, _ in ignored)}")
     for pattern in exclude:
         if not any(_name_matches(pattern, n) for n, _ in chosen):
             raise ValueError(f"exclude name {pattern!r} matches no prunable layer; prunable "
@@ -122,7 +157,7 @@ def select_targets(
     if not targets:
         raise ValueError(f"no layers left to prune in {type(model).__name__} (param={param!r}, "
                          f"exclude={exclude!r})")
-    return targets
+    return targets, ignored
 
 
 @dataclass(frozen=True)
@@ -254,6 +289,51 @@ class PerLayer(Scope):
                 for p, s in zip(plans, scores, strict=True)]
 
 
+def row_mask(scores: Tensor, sparsity: float) -> Tensor:
+    """Keep-mask pruning ``round(sparsity * K)`` lowest scores in every row of the [O, K] view.
+
+    Args:
+        scores: [O, ...] float scores, no NaN; ``-inf`` = already pruned (pruned first).
+        sparsity: fraction in [0, 1).
+
+    Returns:
+        bool tensor shaped like ``scores``; ties prune the lower column first.
+    """
+    rows = scores.reshape(scores.shape[0], -1) if scores.dim() else scores.reshape(1, 1)
+    if torch.isnan(rows).any():
+        raise ValueError("scores contain NaN")
+    k = prune_count(rows.shape[1], sparsity)
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    if k:
+        drop = torch.sort(rows, dim=1, stable=True).indices[:, :k]
+        keep.scatter_(1, drop, False)
+    return keep.reshape(scores.shape)
+
+
+@dataclass(frozen=True)
+class PerRow(Scope):
+    """Every output row is pruned to the rate on its own: ``round(rate * K)`` per row.
+
+    The comparison group of Wanda (Sun et al., ICLR 2024, §3: "per output"): scores scaled by
+    input norms are comparable within a row, which sees every input, but not across rows or
+    layers. Defined for the unstructured pattern; N:M groups already lie within rows, so N:M
+    masks are the pattern's own. Block and channel patterns have no row form.
+    """
+
+    name: ClassVar[str] = "row"
+
+    def masks(self, plans: Sequence[LayerPlan], scores: Sequence[Tensor], pattern: Pattern,
+              sparsity: float) -> list[Tensor]:
+        if isinstance(pattern, NM):
+            return PerLayer().masks(plans, scores, pattern, sparsity)
+        if not isinstance(pattern, Unstructured):
+            raise ValueError(f"scope='row' compares weights within an output row; pattern "
+                             f"{pattern} prunes whole blocks or channels: use scope='layer' "
+                             "or 'global'")
+        return [row_mask(s, sparsity if p.rate is None else p.rate)
+                for p, s in zip(plans, scores, strict=True)]
+
+
 @dataclass(frozen=True)
 class Global(Scope):
     """One threshold across all pooled tensors: ``round(sparsity * units)`` pruned in total.
@@ -289,13 +369,21 @@ class Global(Scope):
         return out  # type: ignore[return-value]
 
 
-SCOPES: dict[str, type[Scope]] = {"layer": PerLayer, "global": Global}
+SCOPES: dict[str, type[Scope]] = {"layer": PerLayer, "row": PerRow, "global": Global}
 
 
-def get_scope(spec: str | Scope | None, pattern: Pattern) -> Scope:
-    """A scope from a :data:`SCOPES` name; None picks the pattern's ``default_scope``."""
+def get_scope(spec: str | Scope | None, pattern: Pattern, criterion: object = None) -> Scope:
+    """A scope from a :data:`SCOPES` name.
+
+    None picks the criterion's ``default_scope`` where it has one and the pattern is
+    unstructured (Wanda: ``"row"``), else the pattern's ``default_scope``.
+    """
     if spec is None:
-        spec = getattr(pattern, "default_scope", "layer")
+        preferred = getattr(criterion, "default_scope", None)
+        if preferred is not None and isinstance(pattern, Unstructured):
+            spec = preferred
+        else:
+            spec = getattr(pattern, "default_scope", "layer")
     if isinstance(spec, Scope):
         return spec
     if not isinstance(spec, str):

@@ -1,4 +1,4 @@
-"""Workflows: fine-tuning, iterative pruning, lottery tickets, sensitivity analysis.
+"""Workflows: fine-tuning, distillation, iterative pruning, lottery tickets, sensitivity.
 
 All take ``train_fn(model, epochs, lr_scale=1.0)`` and ``eval_fn(model) -> float`` callables
 (:class:`FineTuner` makes them from data loaders), so any training code plugs in.
@@ -6,6 +6,7 @@ All take ``train_fn(model, epochs, lr_scale=1.0)`` and ``eval_fn(model) -> float
 
 from ._state import Levels
 from .channels import iterative_channel_prune
+from .distill import DistillConfig, DistillResult, distill
 from .distributed import broadcast_masks, broadcast_model, check_consistent, is_main_process
 from .iterative import History, Round, iterative_prune
 from .lottery import LotteryResult, find_lottery_ticket, reinitialize
@@ -14,6 +15,8 @@ from .sensitivity import Sensitivity, sensitivity
 from .train import FineTuneConfig, FineTuner, evaluate, fit
 
 __all__ = [
+    "DistillConfig",
+    "DistillResult",
     "FineTuneConfig",
     "FineTuner",
     "History",
@@ -24,6 +27,7 @@ __all__ = [
     "broadcast_masks",
     "broadcast_model",
     "check_consistent",
+    "distill",
     "evaluate",
     "find_lottery_ticket",
     "fit",

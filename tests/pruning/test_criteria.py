@@ -142,7 +142,7 @@ def test_data_aware_criteria_need_data():
 
 def test_unknown_criterion_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown criterion 'snip'; valid criterions: l1, l2, "
-                                         "magnitude, random, taylor, wanda"):
+                                         "magnitude, random, sparsegpt, taylor, wanda"):
         get_criterion("snip")
     assert isinstance(get_criterion("Magnitude"), Magnitude)
 
