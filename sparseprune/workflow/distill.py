@@ -74,6 +74,9 @@ class DistillConfig:
             for ``(inputs, targets)`` loaders; default identity.
         max_seconds: stop once the loop has run this long (checked after each step).
         warmup_steps: LR ramps linearly from ``lr / warmup_steps`` to ``lr``, then constant.
+        decay: after warmup, ``"constant"`` or ``"cosine"`` (to 0 at the last step; needs a
+            known length: ``steps``, or ``epochs`` over data with a ``len``; a ``max_seconds``
+            stop may cut it short).
         grad_clip: clip the student's gradient norm to this (None: no clipping).
         train_mode: the student is in ``train()`` mode during the loop (dropout on); False:
             ``eval()``. Its per-module flags are restored afterwards either way.
@@ -98,6 +101,7 @@ class DistillConfig:
     inputs: Callable[[object], object] | None = None
     max_seconds: float | None = None
     warmup_steps: int = 0
+    decay: str = "constant"
     grad_clip: float | None = 1.0
     train_mode: bool = True
     keep_zeros: bool = True
@@ -112,6 +116,9 @@ class DistillConfig:
             _positive_int("steps", self.steps, 0)
         _positive_int("epochs", self.epochs, 0)
         _positive_int("warmup_steps", self.warmup_steps, 0)
+        if self.decay not in ("constant", "cosine"):
+            raise ValueError(f"DistillConfig.decay must be 'constant' or 'cosine', got "
+                             f"{self.decay!r}")
         _positive("lr", self.lr)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("hidden_weight", self.hidden_weight, allow_zero=True)
@@ -284,7 +291,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable,
     Each step runs the teacher (``eval()``, ``torch.no_grad()``) and the student on one batch,
     takes ``loss(output(s), output(t)) + hidden_weight * mean_i mse(s_i, t_i)`` over the matched
     modules ``i``, clips the student's gradients and steps the optimizer: linear warmup, then a
-    constant LR (no decay, so a ``max_seconds`` budget needs no step count). Only the student's
+    constant LR or a cosine decay (``decay``). Only the student's
     ``requires_grad`` parameters are optimised. Masked tensors keep their masks through the
     pre-hook and ``keep_zeros`` keeps removed masks' zeros, so the sparsity is exactly unchanged.
     Both models' per-module ``training`` flags and the caller's RNG state are restored.
@@ -334,8 +341,22 @@ def _loop(student: nn.Module, teacher: nn.Module, data: Iterable, config: Distil
     opt = (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
            if config.optimizer is None else config.optimizer(params, config.lr))
     warmup = config.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    length = config.steps
+    if length is None and hasattr(data, "__len__"):
+        length = config.epochs * len(data)  # type: ignore[arg-type]
+    if config.decay == "cosine" and length is None:
+        raise ValueError("distill: decay='cosine' needs a known length: pass steps=, or data "
+                         "with a len()")
+
+    def scale(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if config.decay == "cosine" and length is not None:
+            span = max(1, length - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (s - warmup) / span)))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, scale)
     zeros = _zero_masks(student) if config.keep_zeros else []
     keys = list(config.match_modules)
     seen: dict[str, dict[str, Tensor]] = {"student": {}, "teacher": {}}

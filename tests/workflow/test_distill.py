@@ -1,6 +1,7 @@
 """distill(): a pruned student recovers its teacher's outputs; masks and the teacher stay put."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -211,6 +212,16 @@ def test_output_index_warmup_and_custom_optimizer():
     distill(student, teacher, batches(), loss=loss, output=0, optimizer=sgd, lr=0.4,
             warmup_steps=4, steps=6, progress=False)
     assert lrs == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    lrs.clear()
+    distill(student, teacher, batches(), loss=loss, output=0, optimizer=sgd, lr=0.4,
+            warmup_steps=2, steps=6, decay="cosine", progress=False)
+    # Warmup 0.2, 0.4, then cos over the 4 remaining steps from 0.4 toward 0.
+    assert lrs == pytest.approx([0.2, 0.4, 0.4, 0.2 * (1 + math.cos(math.pi / 4)), 0.2,
+                                 0.2 * (1 + math.cos(3 * math.pi / 4))])
+    with pytest.raises(ValueError, match="decay must be 'constant' or 'cosine'"):
+        distill(student, teacher, batches(), decay="linear", progress=False)
+    with pytest.raises(ValueError, match="needs a known length"):
+        distill(student, teacher, iter(batches()), decay="cosine", progress=False)
     distill(student, teacher, batches(2), output=lambda out: out[0], **FAST)
     with pytest.raises(TypeError, match="compares tensors"):
         distill(student, teacher, batches(2), **FAST)

@@ -1,0 +1,345 @@
+"""The MiniLM study: prune all-MiniLM-L6-v2 one-shot, recover it by distillation, run it sparse.
+
+For each method (criterion × pattern × sparsity) the 36 encoder Linears are pruned on the
+calibration split (one sentence per batch: no padding in the SparseGPT Hessians), distilled
+toward the dense model's embeddings on the training split with the masks fixed, made permanent
+(``remove``), converted with the engine's measured per-layer choice, and scored on the held-out
+split (which neither calibration nor distillation sees):
+
+* quality: cosine to the dense embedding, Spearman correlation of all pairwise similarities
+  against dense, paraphrase margin (:mod:`.metrics`), before and after recovery;
+* speed: end-to-end embedding latency, dense model vs converted model, in one interleaved run
+  per (batch, threads) so only the ratio is read; one sentence and 32 sentences;
+* size: bytes of the 36 encoder Linears' weights, packed vs dense;
+* exactness: the converted model's embeddings against the pruned dense model's (max abs).
+
+Attention matmuls, embeddings and LayerNorms stay dense (they are not Linear layers).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .. import convert
+from .._timing import calls_for, interleaved
+from ..pruning import prune, remove
+from ..workflow import distill
+from .metrics import embedding_metrics, paraphrase_margin
+from .minilm import MiniLM, MiniLMTokenizer, encode, load_minilm
+from .text import PARAPHRASES, splits
+
+__all__ = ["METHODS", "Method", "StudyConfig", "StudyRow", "parse_method", "run_study",
+           "study_table"]
+
+PRUNED = ["encoder"]  # the 36 encoder Linears (LayerNorms under it are skipped and reported)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One pruning recipe: ``criterion`` with ``pattern`` at ``sparsity`` (None for N:M)."""
+
+    criterion: str
+    pattern: str = "unstructured"
+    sparsity: float | None = None
+
+    @property
+    def label(self) -> str:
+        what = self.pattern if self.sparsity is None else f"{self.sparsity:.0%}"
+        return f"{self.criterion} {what}"
+
+
+def parse_method(spec: str) -> Method:
+    """``"sparsegpt-70"`` -> SparseGPT at 70 %, ``"wanda-2:4"`` -> Wanda with 2:4."""
+    criterion, sep, rest = spec.strip().lower().partition("-")
+    if not sep or not rest:
+        raise ValueError(f"method {spec!r}: expected criterion-sparsity (sparsegpt-70) or "
+                         "criterion-N:M (wanda-2:4)")
+    if ":" in rest:
+        return Method(criterion, rest, None)
+    try:
+        percent = float(rest)
+    except ValueError:
+        raise ValueError(f"method {spec!r}: {rest!r} is neither a percentage nor N:M") from None
+    if not 0 < percent < 100:
+        raise ValueError(f"method {spec!r}: sparsity {percent:g} % is outside (0, 100)")
+    return Method(criterion, "unstructured", percent / 100)
+
+
+METHODS = ("magnitude-50", "wanda-50", "sparsegpt-50", "wanda-2:4", "sparsegpt-2:4",
+           "sparsegpt-70", "sparsegpt-90")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What :func:`run_study` runs.
+
+    Attributes:
+        methods: :func:`parse_method` strings.
+        calibration / heldout: split sizes (sentences).
+        distill_epochs: passes over the training data per method (0: no recovery).
+        distill_lr / distill_batch: AdamW peak learning rate (cosine decay) and sentences
+            per step.
+        hidden_weight: weight of the per-layer hidden-state MSE (all 6 encoder layers) next to
+            the embedding's cosine loss; 0 matches the embedding only.
+        augment: add as many sentence pairs joined into one text as there are training
+            sentences (new contexts for the same words: the help texts hold ~1,600 training
+            sentences only).
+        distill_seconds: wall-time cap on each method's distillation (None: none).
+        threads / batch_sizes: the latency grid (sentences per call).
+        timing_s: seconds per timed round (7 interleaved rounds per cell).
+        seed: split and shuffling seed.
+    """
+
+    methods: tuple[str, ...] = METHODS
+    calibration: int = 128
+    heldout: int = 256
+    distill_epochs: float = 3.0
+    distill_lr: float = 3e-4
+    distill_batch: int = 16
+    hidden_weight: float = 1.0
+    augment: bool = True
+    distill_seconds: float | None = None
+    threads: tuple[int, ...] = (1, 2)
+    batch_sizes: tuple[int, ...] = (1, 32)
+    timing_s: float = 0.3
+    seed: int = 0
+
+
+#: Seconds, not minutes: for tests and ``--quick`` (numbers are not meaningful).
+QUICK = StudyConfig(methods=("wanda-50", "sparsegpt-2:4"), calibration=8, heldout=48,
+                    distill_epochs=0.02, threads=(1,), batch_sizes=(1,), timing_s=0.02)
+
+
+@dataclass
+class StudyRow:
+    """One method's outcome (``latency``: "b{batch}-t{threads}" -> dense/sparse ratio)."""
+
+    method: str
+    sparsity: float
+    oneshot: dict[str, float]
+    recovered: dict[str, float]
+    margin: float
+    latency: dict[str, float] = field(default_factory=dict)
+    packed_bytes: int = 0
+    dense_bytes: int = 0
+    converted: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+    max_abs_diff: float = 0.0
+    layers: list[dict] = field(default_factory=list)
+    prune_s: float = 0.0
+    distill_s: float = 0.0
+    distill_steps: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _batches(tokenizer: MiniLMTokenizer, sentences: Sequence[str], size: int,
+             seed: int) -> list[dict[str, Tensor]]:
+    """Length-sorted batches (little padding), in a seeded random order."""
+    ordered = sorted(sentences, key=len)
+    out = [tokenizer(ordered[i:i + size]) for i in range(0, len(ordered), size)]
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _encoder_linear_bytes(model: nn.Module) -> int:
+    return sum(m.weight.numel() * m.weight.element_size() for n, m in model.named_modules()
+               if n.startswith("encoder.") and isinstance(m, nn.Linear))
+
+
+def _latency(dense: nn.Module, sparse: nn.Module, inputs: dict[str, Tensor], threads: int,
+             timing_s: float) -> float:
+    """dense time / sparse time on ``inputs`` at ``threads``, interleaved rounds, median."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            def run_sparse() -> object:
+                return sparse(**inputs)
+
+            def run_dense() -> object:
+                return dense(**inputs)
+
+            calls = calls_for(run_dense, timing_s)
+            return interleaved(run_sparse, run_dense, calls)[2]
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _one_method(method: Method, dense: MiniLM, tokenizer: MiniLMTokenizer, data: dict,
+                config: StudyConfig, progress: bool) -> StudyRow:
+    student = copy.deepcopy(dense)
+    for p in student.parameters():
+        p.requires_grad_(True)  # the teacher is frozen; its copy is trained
+    t0 = time.perf_counter()
+    report = prune(student, method.sparsity, pattern=method.pattern,
+                   criterion=method.criterion, include=PRUNED, protect=None,
+                   calibration=data["calibration"] if method.criterion != "magnitude" else None)
+    prune_s = time.perf_counter() - t0
+    oneshot = embedding_metrics(data["reference"], encode(student, tokenizer, data["heldout"]))
+    steps, distill_s = 0, 0.0
+    if config.distill_epochs > 0:
+        total = max(1, round(config.distill_epochs * len(data["train"])))
+        hidden = ([f"encoder.layer.{i}" for i in range(len(dense.encoder.layer))]
+                  if config.hidden_weight else [])
+        # Eval mode: no dropout, the student matches the teacher it is compared with.
+        result = distill(student, dense, data["train"], steps=total, lr=config.distill_lr,
+                         warmup_steps=min(20, total // 10), decay="cosine",
+                         match_modules=hidden, hidden_weight=config.hidden_weight,
+                         train_mode=False, max_seconds=config.distill_seconds,
+                         progress=progress, seed=config.seed)
+        steps, distill_s = result.steps, result.seconds
+    remove(student)
+    student.eval()
+    masked = encode(student, tokenizer, data["heldout"])
+    recovered = embedding_metrics(data["reference"], masked)
+    a, b = (encode(student, tokenizer, list(side)) for side in zip(*PARAPHRASES, strict=True))
+    margin = paraphrase_margin(a, b)
+    example = data["timing"][1]
+    rows = {b: int(x["attention_mask"].sum()) for b, x in data["timing"].items()}
+    sparse, conv = convert(student, example_inputs=(example["input_ids"],
+                                                    example["attention_mask"]),
+                           batch_sizes=sorted(set(rows.values())))
+    sparse.eval()
+    diff = float((encode(sparse, tokenizer, data["heldout"]) - masked).abs().max())
+    row = StudyRow(method=method.label, sparsity=report.total_sparsity, oneshot=oneshot,
+                   recovered=recovered, margin=margin, prune_s=prune_s, distill_s=distill_s,
+                   distill_steps=steps, max_abs_diff=diff,
+                   dense_bytes=_encoder_linear_bytes(dense))
+    for layer in conv.layers:
+        row.layers.append({"name": layer.name, "format": layer.format or "dense",
+                           "sparsity": round(layer.sparsity, 4), "speedup": layer.speedup,
+                           "how": layer.how or layer.reason,
+                           "measured": [list(m) for m in layer.measured]})
+        if layer.format is not None:
+            row.converted += 1
+            row.formats[layer.format] = row.formats.get(layer.format, 0) + 1
+    row.packed_bytes = sum(r.nbytes if r.format else r.dense_bytes for r in conv.layers)
+    for batch, inputs in data["timing"].items():
+        for threads in config.threads:
+            row.latency[f"b{batch}-t{threads}"] = _latency(dense, sparse, inputs, threads,
+                                                           config.timing_s)
+    return row
+
+
+def run_study(config: StudyConfig = StudyConfig(), *, progress: bool = True,
+              model: tuple[MiniLM, MiniLMTokenizer] | None = None) -> list[StudyRow]:
+    """Run every method of ``config``; returns one :class:`StudyRow` each.
+
+    Args:
+        config: the grid and budgets.
+        progress: tqdm bars for sequential pruning and distillation.
+        model: an already loaded ``(model, tokenizer)`` (default: :func:`load_minilm`).
+    """
+    methods = [parse_method(m) for m in config.methods]
+    dense, tokenizer = model if model is not None else load_minilm()
+    dense.eval()
+    for p in dense.parameters():
+        p.requires_grad_(False)  # the teacher; students are deep copies made trainable below
+    split = splits(n_calibration=config.calibration, n_heldout=config.heldout, seed=config.seed)
+    heldout = split.heldout
+    train = list(split.train)
+    if config.augment:
+        partners = random.Random(config.seed + 1).sample(train, len(train))
+        train += [f"{a} {b}" for a, b in zip(split.train, partners, strict=True)]
+    timing_sentences = sorted(heldout, key=len)
+    median = timing_sentences[len(timing_sentences) // 2]
+    data = {
+        "calibration": [tokenizer([s]) for s in split.calibration],
+        "train": _batches(tokenizer, train, config.distill_batch, config.seed),
+        "heldout": heldout,
+        "reference": encode(dense, tokenizer, heldout),
+        "timing": {b: tokenizer([median] if b == 1 else heldout[:b])
+                   for b in config.batch_sizes},
+    }
+    a, b = (encode(dense, tokenizer, list(side)) for side in zip(*PARAPHRASES, strict=True))
+    perfect = {"cosine": 1.0, "spearman": 1.0}
+    size = _encoder_linear_bytes(dense)
+    rows = [StudyRow(method="dense", sparsity=0.0, oneshot=perfect, recovered=perfect,
+                     margin=paraphrase_margin(a, b), packed_bytes=size, dense_bytes=size,
+                     latency={f"b{bs}-t{t}": 1.0 for bs in config.batch_sizes
+                              for t in config.threads})]
+    for method in methods:
+        rows.append(_one_method(method, dense, tokenizer, data, config, progress))
+    return rows
+
+
+def study_table(rows: Sequence[StudyRow]) -> str:
+    """A Markdown table: quality before/after recovery, speedups, bytes."""
+    cells = sorted({k for r in rows for k in r.latency},
+                   key=lambda k: (int(k.split("-")[0][1:]), int(k.split("-")[1][1:])))
+    head = ["method", "sparsity", "cosine (one-shot → recovered)", "Spearman", "margin",
+            *[f"speedup {k.replace('-', ' ')}" for k in cells], "encoder bytes", "formats"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        fmts = ", ".join(f"{n} {f}" for f, n in sorted(r.formats.items())) or "all dense"
+        lines.append("| " + " | ".join([
+            r.method, f"{r.sparsity:.2f}",
+            f"{r.oneshot['cosine']:.3f} → {r.recovered['cosine']:.3f}",
+            f"{r.oneshot['spearman']:.3f} → {r.recovered['spearman']:.3f}",
+            f"{r.margin:.3f}",
+            *[f"{r.latency[k]:.2f}×" if k in r.latency else "-" for k in cells],
+            f"{r.packed_bytes / max(r.dense_bytes, 1):.0%}", fmts]) + " |")
+    return "\n".join(lines)
+
+
+def plot_study(rows: Sequence[StudyRow], path: str, cell: str = "b1-t1") -> bool:
+    """Quality (recovered cosine) against speedup at ``cell``; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        x = r.latency.get(cell)
+        if x is None:
+            continue
+        ax.scatter([x], [r.recovered["cosine"]], s=30)
+        if r.method != "dense":
+            ax.scatter([x], [r.oneshot["cosine"]], s=12, marker="x", color="grey")
+        ax.annotate(r.method, (x, r.recovered["cosine"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xlabel(f"end-to-end speedup vs dense ({cell.replace('-', ', ')})")
+    ax.set_ylabel("cosine to the dense embedding (held out)")
+    ax.set_title("all-MiniLM-L6-v2: recovered (dots) and one-shot (x)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def run_study_command(config: StudyConfig, out: str, progress: bool = True) -> int:
+    """``sparseprune demo --model minilm``: run, print the table, write results.{md,json,png}."""
+    import json
+    from pathlib import Path
+
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = run_study(config, progress=progress)
+    table = study_table(rows)
+    note = (f"all-MiniLM-L6-v2, held-out sentences: {config.heldout}; calibration "
+            f"{config.calibration}; distillation {config.distill_epochs:g} epochs (lr "
+            f"{config.distill_lr:g}, hidden weight {config.hidden_weight:g}, augment "
+            f"{config.augment}); "
+            f"{torch.get_num_threads()} threads available; {time.perf_counter() - t0:.0f} s")
+    print(table + "\n\n" + note)
+    (outdir / "minilm_results.md").write_text(table + "\n\n" + note + "\n")
+    (outdir / "minilm_results.json").write_text(json.dumps(
+        {"config": asdict(config), "rows": [r.as_dict() for r in rows]}, indent=1))
+    plotted = plot_study(rows, str(outdir / "minilm_quality_vs_speed.png"))
+    print(f"wrote {outdir}/minilm_results.md, .json" + (", minilm_quality_vs_speed.png"
+                                                       if plotted else ""))
+    return 0
