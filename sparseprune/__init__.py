@@ -8,6 +8,7 @@ from .formats import CSR, FORMATS, SELL
 from .nn import SparseConv2d, SparseLinear
 from .nn.packed import prepare_for_compile
 from .ops import get_num_threads, set_num_threads
+from .persist import load, save
 from .pruning import Protect, Pruner, PruneReport, prune, remove, summary
 
 try:
@@ -29,10 +30,12 @@ __all__ = [
     "__version__",
     "convert",
     "get_num_threads",
+    "load",
     "prepare_for_compile",
     "prune",
     "register_converter",
     "remove",
+    "save",
     "set_num_threads",
     "show_config",
     "summary",

@@ -23,3 +23,12 @@ def test_show_config_lists_every_kernel_and_threads():
     for k in ops.list_kernels():
         assert k["name"] in text
     assert f"threads: {ops.get_num_threads()}" in text
+
+
+def test_demo_minilm_rejects_bad_arguments_before_running(capsys):
+    from sparseprune.cli import main
+
+    assert main(["demo", "--model", "minilm", "--methods", "sparsegpt-70,bogus"]) == 2
+    assert "method 'bogus'" in capsys.readouterr().err
+    assert main(["demo", "--model", "minilm", "--distill-epochs", "-1"]) == 2
+    assert "--distill-epochs must be >= 0" in capsys.readouterr().err

@@ -34,3 +34,28 @@ def test_structured_example_runs(capsys):
     small, model = namespace["small"], namespace["model"]
     assert namespace["count_macs"](small, namespace["x"]) < 0.55 * namespace["count_macs"](
         model, namespace["x"])
+
+
+def test_pruning_examples_run(capsys):
+    section = README.read_text().split("\n## Pruning\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
+    assert "total sparsity" in capsys.readouterr().out
+    model3 = namespace["model3"]
+    groups = (model3[0].weight != 0).reshape(128, -1, 4).sum(-1)
+    assert bool((groups == 2).all())
+
+
+def test_ci_installs_the_examples_extra_as_pyproject_names_it():
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = README.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["examples"]
+    ci = (root / ".ci" / "run").read_text().replace("\\\n", " ")
+    for requirement in extra:
+        assert f'"{requirement}"' in ci, requirement

@@ -97,6 +97,10 @@ class Setup:
                              "(inputs, targets))")
         if "gradients" in needs and loss_fn is None:
             raise ValueError(f"criterion {name!r} needs loss_fn(outputs, targets) -> loss")
+        if "hessian" in needs:
+            problem = crit.supports_pattern(pattern_obj)  # type: ignore[attr-defined]
+            if problem is not None:
+                raise ValueError(problem)
         targets, ignored = select(model, include=include, exclude=exclude, param=param)
         scope_obj = get_scope(scope, pattern_obj, crit)
         if sequential is None:

@@ -191,6 +191,13 @@ class SparseGPT:
                     "(exclude it, or use criterion='wanda')")
         return None
 
+    def supports_pattern(self, pattern: Pattern) -> str | None:
+        """Why ``pattern`` cannot be produced by SparseGPT, or None."""
+        if not isinstance(pattern, (Unstructured, NM)):
+            return (f"sparsegpt prunes unstructured or N:M patterns, not {pattern} (use "
+                    "criterion='wanda' or 'magnitude' for blocks and channels)")
+        return None
+
     def reconstruct(self, weight: Tensor, hessian: Tensor, keep: Tensor, pattern: Pattern,
                     sparsity: float, per_row: bool) -> tuple[Tensor, Tensor]:
         """(new weight, keep-mask) for one layer; see :func:`sparsegpt_prune`."""

@@ -8,6 +8,7 @@ shapes changed and loads the state_dict. The file loads with ``torch.load(weight
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 
 import torch
@@ -17,7 +18,8 @@ from .fold import FOLDED_ATTR, folded_batchnorms
 from .mha import mark_head_pruned
 from .rules import HEAD_ATTRS
 
-__all__ = ["WIDTH_ATTRS", "load_pruned", "save_pruned", "width_config"]
+__all__ = ["WIDTH_ATTRS", "apply_widths", "load_pruned", "read_weights_only", "save_pruned",
+           "width_config"]
 
 FORMAT = "sparseprune.structured/1"
 
@@ -60,15 +62,43 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
     Raises:
         ValueError: the file is not a pruned-model file, or does not fit ``factory()``'s model.
     """
-    data = torch.load(path, weights_only=True)
+    data = read_weights_only(path, "structured model")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a sparseprune structured model file (format "
                          f"{data.get('format') if isinstance(data, dict) else type(data)})")
+    if not isinstance(data.get("state_dict"), dict) or "widths" not in data:
+        raise ValueError(f"{path}: a structured model file holds 'widths' and 'state_dict'")
     model = factory()
+    apply_widths(model, data["widths"], data["state_dict"], path)
+    model.load_state_dict(data["state_dict"], strict=True)
+    if folded_batchnorms(model):
+        model.eval()  # folded BatchNorms are inference-only, as fold_batchnorm returned them
+    return model
+
+
+def read_weights_only(path: str | os.PathLike, what: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; a damaged file is a ValueError."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (EOFError, RuntimeError, ValueError, OSError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable sparseprune {what} file ({first})") from None
+
+
+def apply_widths(model: nn.Module, widths: dict, sd: dict, path: object) -> None:
+    """Set ``widths`` (from :func:`width_config`) on ``model`` and resize its tensors to the
+    recorded shapes (empty: ``load_state_dict`` fills them). Raises ValueError on a mismatch."""
+    if not isinstance(widths, dict) or not isinstance(widths.get("attrs"), dict) or \
+            not isinstance(widths.get("shapes"), dict):
+        raise ValueError(f"{path}: the width config must hold 'attrs' and 'shapes' dicts")
     mods = dict(model.named_modules())
-    for name, attrs in data["widths"]["attrs"].items():
+    for name, attrs in widths["attrs"].items():
         if name not in mods:
             raise ValueError(f"{path}: module {name!r} not in {type(model).__name__}")
+        if not isinstance(attrs, dict):
+            raise ValueError(f"{path}: module {name!r}: widths must be a dict")
         for attr, value in attrs.items():
             if attr == "normalized_shape" and isinstance(value, list) and all(
                 isinstance(v, int) for v in value
@@ -76,34 +106,36 @@ def load_pruned(factory: Callable[[], nn.Module], path: str | os.PathLike) -> nn
                 value = tuple(value)
             elif attr == "eps" and (value is None or isinstance(value, float)):
                 pass
-            elif attr not in WIDTH_ATTRS or not isinstance(value, int):
+            elif attr not in WIDTH_ATTRS or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{path}: module {name!r}: {attr}={value!r} is not a width "
-                                 f"attribute (expected an int for one of {WIDTH_ATTRS})")
+                                 f"attribute (expected an int >= 0 for one of {WIDTH_ATTRS})")
             setattr(mods[name], attr, value)
     mark_head_pruned(model)
-    _refold(model, data["widths"].get("folded", {}), path)
+    _refold(model, widths.get("folded", {}), path)
     mods = dict(model.named_modules())
-    sd = data["state_dict"]
-    for key, shape in data["widths"]["shapes"].items():
+    for key, shape in widths["shapes"].items():
         mod_name, _, attr = key.rpartition(".")
         mod = mods.get(mod_name)
         old = getattr(mod, attr, None) if mod is not None else None
         if not isinstance(old, torch.Tensor):
             raise ValueError(f"{path}: tensor {key!r} not in {type(model).__name__}")
+        if not isinstance(shape, list) or not all(isinstance(v, int) and v >= 0 for v in shape):
+            raise ValueError(f"{path}: tensor {key!r}: recorded shape {shape!r} is not a list "
+                             "of sizes")
         if list(old.shape) == list(shape):
             continue
-        if key not in sd:
+        if key not in sd or not isinstance(sd[key], torch.Tensor):
             raise ValueError(f"{path}: the state_dict has no tensor {key!r} for the recorded "
                              f"shape {list(shape)}")
+        if list(sd[key].shape) != list(shape):
+            # Checked before allocating: a recorded shape must be the stored tensor's.
+            raise ValueError(f"{path}: tensor {key!r} is stored as {list(sd[key].shape)} but "
+                             f"recorded as {list(shape)}")
         new = torch.empty(shape, dtype=sd[key].dtype)
         if isinstance(old, nn.Parameter):
             setattr(mod, attr, nn.Parameter(new, requires_grad=old.requires_grad))
         else:
             mod._buffers[attr] = new
-    model.load_state_dict(sd, strict=True)
-    if folded_batchnorms(model):
-        model.eval()  # folded BatchNorms are inference-only, as fold_batchnorm returned them
-    return model
 
 
 def _refold(model: nn.Module, folded: dict, path) -> None:

@@ -167,3 +167,7 @@ def test_sparsegpt_refuses_convs_and_global_scope():
         prune(_mlp(), 0.5, criterion="sparsegpt", calibration=_calibration(), scope="global")
     with pytest.raises(ValueError, match="needs calibration data"):
         prune(_mlp(), 0.5, criterion="sparsegpt")
+    model = _mlp()
+    with pytest.raises(ValueError, match="sparsegpt prunes unstructured or N:M patterns"):
+        prune(model, 0.5, criterion="sparsegpt", pattern="block4x1", calibration=_calibration())
+    assert not hasattr(model[0], "weight_mask")  # refused before anything was pruned
