@@ -1,13 +1,14 @@
 """Whole-model files: :func:`save` a converted model, :func:`load` it back without its code.
 
 A file holds plain data only (it loads with ``torch.load(weights_only=True)``; nothing in it is
-run): the ``state_dict``, the constructor arguments of every packed layer (``SparseLinear``,
-``SparseConv2d``), the width config of structured pruning (channel counts, resized tensors,
-folded BatchNorms) and the names of modules that ``convert`` replaced by ``nn.Identity``.
-:func:`load` builds the architecture with your ``model_factory`` (the unpruned, dense model),
-puts the packed layers in place from the file's validated packed data, resizes what structured
-pruning shrank, and loads the state_dict strictly, so every packed buffer is checked (header,
-sizes, index ranges) before a kernel sees it.
+run): the ``state_dict`` (CSR indices delta + varint coded, ~1 B per nonzero), the constructor
+arguments of every packed layer (``SparseLinear``, ``SparseConv2d``), the width config of
+structured pruning (channel counts, resized tensors, folded BatchNorms) and the names of modules
+that ``convert`` replaced by ``nn.Identity``. :func:`load` builds the architecture with your
+``model_factory`` (the unpruned, dense model), puts the packed layers in place from the file's
+validated packed data, resizes what structured pruning shrank, and loads the state_dict
+strictly, so every packed buffer is checked (header, sizes, index ranges) before a kernel sees
+it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ._compact import decode_columns, decode_rows, encode_columns, encode_rows
 from .formats.base import parse_header
 from .nn import SparseConv2d, SparseLinear
 from .nn.packed import _HEADER
@@ -69,8 +71,17 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
                         if not any(k.startswith(n + ".") if n else True for n in inside)}
     identities = [name for name, m in model.named_modules()
                   if isinstance(m, nn.Identity) and name and not ours(name)]
+    state = model.state_dict()
+    compact = []
+    for name in packed:
+        prefix = f"{name}." if name else ""
+        if prefix + "row_ptr" in state and prefix + "col_idx" in state:
+            row_ptr = state[prefix + "row_ptr"]
+            state[prefix + "col_idx"] = encode_columns(row_ptr, state[prefix + "col_idx"])
+            state[prefix + "row_ptr"] = encode_rows(row_ptr)
+            compact.append(prefix)
     torch.save({"format": FORMAT, "packed": packed, "identity": identities, "widths": widths,
-                "state_dict": model.state_dict()}, path)
+                "compact": compact, "state_dict": state}, path)
 
 
 def _check_spec(name: str, spec: object, path: object) -> dict:
@@ -89,6 +100,19 @@ def _check_spec(name: str, spec: object, path: object) -> dict:
         if not ok:
             raise ValueError(f"{path}: packed layer {name!r}: {key}={value!r} is not a size")
     return spec
+
+
+def _expand(sd: dict, prefix: str, path: object) -> None:
+    """Decode a layer's compact ``row_ptr`` / ``col_idx`` entries of ``sd`` in place."""
+    where = f"{path}: packed layer {prefix[:-1] or '<root>'!r}"
+    if not isinstance(sd.get(prefix + _HEADER), torch.Tensor):
+        raise ValueError(f"{where}: compact indices without a packed header")
+    _, (rows, cols), _ = parse_header(sd[prefix + _HEADER], name=where)
+    row_ptr = decode_rows(sd.get(prefix + "row_ptr"), rows, name=f"{where} row_ptr")
+    dtype = torch.uint16 if cols <= 1 << 16 else torch.int32
+    sd[prefix + "col_idx"] = decode_columns(sd.get(prefix + "col_idx"), row_ptr, dtype,
+                                            name=f"{where} col_idx")
+    sd[prefix + "row_ptr"] = row_ptr
 
 
 def _packed_layer(name: str, spec: dict, sd: dict, path: object) -> nn.Module:
@@ -160,6 +184,13 @@ def load(path: str | os.PathLike, model_factory: Callable[[], nn.Module] | None 
             identities, list) or not all(isinstance(n, str) for n in [*packed, *identities]):
         raise ValueError(f"{path}: a model file holds 'packed', 'identity' and 'state_dict'")
     specs = {name: _check_spec(name, spec, path) for name, spec in packed.items()}
+    compact = data.get("compact", [])
+    if not isinstance(compact, list) or not all(
+            isinstance(p, str) and (p == "" or p[:-1] in specs) for p in compact):
+        raise ValueError(f"{path}: 'compact' must list packed layers' state_dict prefixes")
+    sd = dict(sd)
+    for prefix in compact:
+        _expand(sd, prefix, path)
     if model_factory is None:
         if set(specs) != {""}:
             raise ValueError(f"{path}: holds a {len(specs)}-packed-layer model; pass "
