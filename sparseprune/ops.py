@@ -33,6 +33,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "native_version",
+    "is_functorch_wrapped",
     "is_tracing",
     "MAX_THREADS",
     "register_native",
@@ -379,6 +380,15 @@ _is_exporting = getattr(_compiler, "is_exporting", lambda: False)
 
 
 _jit_tracing = torch.jit.is_tracing
+
+
+def is_functorch_wrapped(x: torch.Tensor) -> bool:
+    """True for a ``torch.func`` (vmap / grad / jvp) wrapper, which has no storage a kernel
+    could read: packed layers compute such inputs with their dense weight."""
+    if _is_compiling():
+        return False  # dynamo cannot call the check, and traces functorch transforms itself
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(x)) if check is not None else False
 
 
 def is_tracing() -> bool:

@@ -273,7 +273,8 @@ class SparseConv2d(PackedModule):
                              f"[{self.in_channels}, H, W], got {tuple(x.shape)}")
         if x.dim() == 3:
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        if (x.requires_grad and torch.is_grad_enabled()) or x.shape[0] == 0:
+        if (x.requires_grad and torch.is_grad_enabled()) or x.shape[0] == 0 or \
+                ops.is_functorch_wrapped(x):
             return self._dense_forward(x)
         x32 = x.to(torch.float32)
         xp = self._pre_pad(x32)

@@ -113,7 +113,11 @@ class SparseLinear(PackedModule):
         if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.dim() == 2
                 and x.shape[1] == self.in_features and x.is_cpu and not x.requires_grad
                 and (x.stride(1) == 1 or x.shape[1] <= 1) and not ops.is_tracing()):
-            return self._run(x)
+            try:
+                return self._run(x)
+            except RuntimeError:
+                if not ops.is_functorch_wrapped(x):  # checked only here: free on the fast path
+                    raise
         return self._forward_general(x)
 
     def _run(self, x2: torch.Tensor) -> torch.Tensor:
@@ -140,7 +144,8 @@ class SparseLinear(PackedModule):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._where()}: input shape {tuple(x.shape)} does not end in "
                              f"in_features = {self.in_features}")
-        if x.requires_grad and torch.is_grad_enabled():
+        if (x.requires_grad and torch.is_grad_enabled()) or ops.is_functorch_wrapped(x):
+            # Autograd and torch.func transforms (vmap, grad) run densely with the same weight.
             w = self.weight.to_dense().to(x.dtype)
             b = self.bias
             return F.linear(x, w, None if b is None else b.to(x.dtype))

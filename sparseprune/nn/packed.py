@@ -176,6 +176,13 @@ class PackedModule(nn.Module):
         self.__dict__["_bias_np"] = (b, b.data_ptr(), view)
         return view
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script compiles Python source; a packed layer's forward calls native code
+        # through numpy, which TorchScript cannot express.
+        raise RuntimeError(f"{self._where()}: torch.jit.script cannot compile packed sparse "
+                           "layers; use torch.jit.trace, torch.compile or torch.export (all "
+                           "run the kernels through the sparseprune custom ops)")
+
     # --- persistence ---
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
