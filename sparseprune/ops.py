@@ -201,7 +201,8 @@ def _linear_impl(x: torch.Tensor, format_id: int, rows: int, cols: int, params: 
     if nonfinite:  # as in eager SparseLinear: dense torch spreads NaN/Inf through the zeros
         bad = ~torch.isfinite(x).all(dim=1)
         dense = _dense_weight(format_id, rows, cols, params, names, tensors)
-        y[bad] = torch.nn.functional.linear(x[bad], dense, b)
+        with torch.autocast("cpu", enabled=False):
+            y[bad] = torch.nn.functional.linear(x[bad], dense, b)
     return y
 
 

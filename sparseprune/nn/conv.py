@@ -293,7 +293,8 @@ class SparseConv2d(PackedModule):
             if nonfinite:
                 # Dense torch spreads NaN / Inf through the pruned zeros too (0 * Inf = NaN):
                 # such calls run densely, on the input as given, for torch's exact result.
-                return self._dense_forward(x32).to(x.dtype)
+                with torch.autocast("cpu", enabled=False):  # float32, as the kernel computes
+                    return self._dense_forward(x32).to(x.dtype)
         y = y.to(x.dtype)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 

@@ -130,7 +130,8 @@ class SparseLinear(PackedModule):
             # Dense torch spreads a NaN/Inf input through the pruned zeros too (0 * Inf = NaN);
             # the kernel skips those zeros. Redo those rows densely so results match torch.
             bad_rows = ~torch.isfinite(x2).all(dim=1)
-            y[bad_rows] = F.linear(x2[bad_rows], self.weight.to_dense(), self._bias())
+            with torch.autocast("cpu", enabled=False):  # float32 like the kernel's rows
+                y[bad_rows] = F.linear(x2[bad_rows], self.weight.to_dense(), self._bias())
         return y
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
