@@ -61,14 +61,13 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
               if (spec := _spec(m)) is not None}
     widths = width_config(model)
     # Packed layers are rebuilt from their own header and buffers, not resized.
-    inside = [n for n in packed]
-
     def ours(key: str) -> bool:
-        return any(key == n or key.startswith(n + ".") if n else True for n in inside)
+        """Whether ``key`` names a packed layer or something inside one."""
+        return any(not n or key == n or key.startswith(n + ".") for n in packed)
 
     widths["attrs"] = {k: v for k, v in widths["attrs"].items() if not ours(k)}
     widths["shapes"] = {k: v for k, v in widths["shapes"].items()
-                        if not any(k.startswith(n + ".") if n else True for n in inside)}
+                        if not any(not n or k.startswith(n + ".") for n in packed)}
     identities = [name for name, m in model.named_modules()
                   if isinstance(m, nn.Identity) and name and not ours(name)]
     state = model.state_dict()

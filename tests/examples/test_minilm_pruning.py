@@ -30,14 +30,6 @@ from sparseprune.examples.text import splits  # noqa: E402
 LINEARS = 36
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup():
     model, tokenizer = load_minilm()
