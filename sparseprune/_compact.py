@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .formats.base import claims_more_than_it_holds, describe_tensor
+
 __all__ = ["decode_columns", "decode_rows", "encode_columns", "encode_rows"]
 
 _MAX_BYTES = 5  # a varint of an int32-range gap
@@ -32,8 +34,13 @@ def _varint_encode(values: torch.Tensor) -> torch.Tensor:
 
 def _varint_decode(data: object, count: int, name: str) -> torch.Tensor:
     """int64 [count] from untrusted varint bytes; ValueError unless exactly ``count`` fit."""
-    if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
-        raise ValueError(f"{name}: compact data must be a 1-D uint8 tensor")
+    if not (isinstance(data, torch.Tensor) and data.layout == torch.strided
+            and data.device.type == "cpu" and data.dtype == torch.uint8 and data.dim() == 1):
+        raise ValueError(f"{name}: compact data must be a dense 1-D uint8 CPU tensor, got "
+                         f"{describe_tensor(data)}")
+    if claims_more_than_it_holds(data):
+        raise ValueError(f"{name}: compact data claims {data.numel()} bytes but holds "
+                         f"{data.untyped_storage().nbytes()} (an expanded view)")
     # Each number takes 1..5 bytes: the length bounds the count before anything is allocated.
     if not count <= data.numel() <= _MAX_BYTES * count:
         raise ValueError(f"{name}: {data.numel()} bytes cannot hold {count} numbers")

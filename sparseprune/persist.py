@@ -22,6 +22,7 @@ from torch import nn
 from ._compact import decode_columns, decode_rows, encode_columns, encode_rows
 from .formats.base import parse_header
 from .nn import SparseConv2d, SparseLinear
+from .nn.conv import conv_pair
 from .nn.packed import _HEADER
 from .structured.io import apply_widths, read_weights_only, width_config
 
@@ -91,13 +92,22 @@ def _check_spec(name: str, spec: object, path: object) -> dict:
     if unknown or any(a not in spec for a in args) or not isinstance(spec.get("bias"), bool):
         raise ValueError(f"{path}: packed layer {name!r}: spec keys {sorted(spec)} do not match "
                          f"{spec['type']}({', '.join(args)}, bias)")
+    def size(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
     for key in args:
         value = spec[key]
-        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
-            isinstance(value, list) and all(isinstance(v, int) and v >= 0 for v in value)
-        ) or (key in ("padding", "padding_mode") and isinstance(value, str))
+        if key == "padding_mode":
+            ok = isinstance(value, str)
+        elif key in ("kernel_size", "stride", "dilation", "padding"):  # int, pair (or a word)
+            ok = size(value) or (isinstance(value, list) and len(value) == 2
+                                 and all(size(v) for v in value)) or (
+                key == "padding" and isinstance(value, str))
+        else:  # feature / channel counts, groups
+            ok = size(value)
         if not ok:
-            raise ValueError(f"{path}: packed layer {name!r}: {key}={value!r} is not a size")
+            raise ValueError(f"{path}: packed layer {name!r}: {key}={value!r} is not a valid "
+                             f"{spec['type']} {key}")
     return spec
 
 
@@ -129,8 +139,13 @@ def _packed_layer(name: str, spec: dict, sd: dict, path: object) -> nn.Module:
     if spec["type"] == "SparseLinear":
         expected = (args["out_features"], args["in_features"])
     else:
-        kh, kw = args["kernel_size"] if len(args["kernel_size"]) == 2 else (0, 0)
-        groups = max(args["groups"], 1)
+        try:  # the shape the filter must have; the layer checks the rest of its arguments
+            kh, kw = conv_pair(args["kernel_size"], "kernel_size", 1, where)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        groups = args["groups"]
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{where}: groups must be a positive int, got {groups!r}")
         expected = (args["out_channels"], args["in_channels"] // groups * kh * kw)
     if tuple(shape) != expected:
         raise ValueError(f"{where}: header shape {list(shape)} does not match the layer's "

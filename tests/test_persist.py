@@ -126,12 +126,27 @@ def _tampered(tmp_path, edit):
     (lambda d: d.__setitem__("compact", []), "row_ptr|col_idx"),
     (lambda d: d.__setitem__("compact", ["nope."]), "'compact' must list"),
     (lambda d: d["state_dict"]["0.format_header"].__setitem__(4, 999), "header shape|rows|numbers"),
-    (lambda d: d["packed"]["0"].__setitem__("in_features", -3), "not a size"),
+    (lambda d: d["packed"]["0"].__setitem__("in_features", -3), "not a valid"),
+    (lambda d: d["packed"]["0"].__setitem__("in_features", [64]), "not a valid"),
     (lambda d: d["packed"]["0"].__setitem__("type", "os.system"), "not a SparseLinear"),
     (lambda d: d.__setitem__("format", "other/1"), "not a sparseprune model file"),
     (lambda d: d["state_dict"].pop("2.values"), "lacks the"),
     (lambda d: d["packed"].__setitem__("9", d["packed"]["0"]), "no module '9'"),
     (lambda d: d["widths"]["shapes"].__setitem__("1.nonexistent", [3]), "not in Sequential"),
+    # widths may not resize a packed layer (its sizes are fixed): ValueError, not AttributeError
+    (lambda d: d["widths"]["attrs"].__setitem__("0", {"in_features": 3}), "cannot set"),
+    # buffers that have no readable data, or claim more than they hold, are refused unread
+    (lambda d: d["state_dict"].__setitem__(
+        "0.col_idx", torch.empty(9, dtype=torch.uint8, device="meta")), "dense 1-D uint8 CPU"),
+    (lambda d: d["state_dict"].__setitem__(
+        "0.row_ptr", d["state_dict"]["0.row_ptr"].to_sparse()), "dense 1-D uint8 CPU"),
+    (lambda d: d["state_dict"].__setitem__(
+        "0.format_header", d["state_dict"]["0.format_header"].to_sparse()), "dense CPU int64"),
+    (lambda d: d["state_dict"].__setitem__(
+        "0.format_header", torch.empty(8, dtype=torch.int64, device="meta")), "dense CPU int64"),
+    (lambda d: d["state_dict"].__setitem__(
+        "0.values", torch.ones(1).expand(d["state_dict"]["0.values"].numel())),
+     "expanded view"),
 ])
 def test_tampered_files_are_refused(tmp_path, edit, match):
     path = _tampered(tmp_path, edit)
@@ -203,3 +218,50 @@ def test_random_mutations_load_correctly_or_raise_value_error(tmp_path):
             else:
                 h = layer(h)
     assert outcomes["refused"] > 0 and sum(outcomes.values()) == 150
+
+
+def _packed_cnn() -> nn.Sequential:
+    """cnn() at 90 % with its convs packed (directly: convert() may measure them dense)."""
+    model = cnn().eval()
+    sparseprune.prune(model, 0.9, protect=None, scope="layer")
+    sparseprune.remove(model)
+    model[0], model[2] = SparseConv2d.from_dense(model[0]), SparseConv2d.from_dense(model[2])
+    return model
+
+
+def _tampered_cnn(tmp_path, edit):
+    model = _packed_cnn()
+    path = tmp_path / "c.pt"
+    sparseprune.save(model, path)
+    data = torch.load(path, weights_only=True)
+    conv = next(n for n, s in data["packed"].items() if s["type"] == "SparseConv2d")
+    edit(data, conv)
+    torch.save(data, path)
+    return path
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda d, c: d["packed"][c].__setitem__("groups", [1]), "not a valid"),
+    (lambda d, c: d["packed"][c].__setitem__("groups", 0), "groups must be a positive"),
+    (lambda d, c: d["packed"][c].__setitem__("padding", [1]), "not a valid"),
+    (lambda d, c: d["packed"][c].__setitem__("stride", [1, 1, 1]), "not a valid"),
+    (lambda d, c: d["packed"][c].__setitem__("dilation", []), "not a valid"),
+    (lambda d, c: d["packed"][c].__setitem__("kernel_size", [3]), "not a valid"),
+    (lambda d, c: d["packed"][c].__setitem__("padding_mode", "mirror"), "padding_mode"),
+    # a zero-stride filter_shape claiming 2**31 entries is refused before it is read
+    (lambda d, c: d["state_dict"].__setitem__(
+        f"{c}.filter_shape", torch.zeros(1, dtype=torch.int64).expand(2**31)), "4 entries"),
+])
+def test_tampered_conv_specs_are_refused(tmp_path, edit, match):
+    path = _tampered_cnn(tmp_path, edit)
+    with pytest.raises(ValueError, match=match):
+        sparseprune.load(path, cnn)
+
+
+def test_an_int_kernel_size_in_a_file_means_the_square_kernel(tmp_path):
+    """``kernel_size=3`` is what nn.Conv2d accepts too: the file loads, with the same output."""
+    x = torch.randn(2, 3, 8, 8)
+    model = _packed_cnn()
+    path = _tampered_cnn(tmp_path, lambda d, c: d["packed"][c].__setitem__("kernel_size", 3))
+    loaded = sparseprune.load(path, cnn).eval()
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)

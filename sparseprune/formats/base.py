@@ -50,13 +50,35 @@ def format_by_id(format_id: int) -> type[PackedWeight]:
     return cls
 
 
+def is_small_cpu_int64(t: object, lengths: tuple[int, ...]) -> bool:
+    """Whether ``t`` is a dense, 1-D CPU int64 tensor of one of ``lengths`` entries: what must
+    hold before ``.tolist()`` may read it (a meta or sparse tensor has no readable data, and a
+    zero-stride view may claim billions of entries while holding one)."""
+    return (isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu"
+            and t.dtype == torch.int64 and t.dim() == 1 and t.numel() in lengths)
+
+
+def describe_tensor(t: object) -> str:
+    """A short description of a value that was meant to be a tensor, for error messages; never
+    reads the data."""
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    layout = "" if t.layout == torch.strided else f" {t.layout}"
+    return f"{t.dtype}{layout} tensor of shape {tuple(t.shape)} on {t.device}"
+
+
+def claims_more_than_it_holds(t: torch.Tensor) -> bool:
+    """Whether a strided CPU tensor claims more elements than its storage holds (an expanded,
+    zero-stride view): copying it would allocate memory a file never paid for."""
+    return t.numel() > 0 and t.untyped_storage().nbytes() < t.numel() * t.element_size()
+
+
 def parse_header(header: object, *, name: str = "weight"
                  ) -> tuple[type[PackedWeight], tuple[int, int], tuple[int, ...]]:
     """Checks a packed header and returns (format class, (rows, cols), params)."""
-    if not isinstance(header, torch.Tensor) or header.dtype != torch.int64 or header.dim() != 1 \
-            or header.numel() not in (HEADER_LEN, _LEGACY_CSR_HEADER_LEN):
-        raise ValueError(f"{name}: format header must be an int64 tensor of shape "
-                         f"({HEADER_LEN},)")
+    if not is_small_cpu_int64(header, (HEADER_LEN, _LEGACY_CSR_HEADER_LEN)):
+        raise ValueError(f"{name}: format header must be a dense CPU int64 tensor of shape "
+                         f"({HEADER_LEN},), got {describe_tensor(header)}")
     values = [int(v) for v in header.tolist()]
     magic, fmt, dtype, version, rows, cols = values[:6]
     if magic != MAGIC:
@@ -155,7 +177,8 @@ class PackedWeight:
                 raise ValueError(f"{name}: mask shape {tuple(mask.shape)} does not match weight "
                                  f"shape {tuple(w.shape)}")
             keep &= mask.detach().to("cpu") != 0
-        tensors = cls.pack(w, keep, params, name=name)
+        with torch.device("cpu"):  # a packer's scratch tensors too, under any default device
+            tensors = cls.pack(w, keep, params, name=name)
         return cls.from_tensors(tensors, tuple(w.shape), params, name=name)
 
     @classmethod
@@ -180,15 +203,19 @@ class PackedWeight:
         for b in cls.BUFFERS:
             t = tensors[b]
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name}: {b} must be a tensor, got {type(t).__name__}")
+                raise ValueError(f"{name}: {b} must be a tensor, got {type(t).__name__}")
+            if t.layout != torch.strided:
+                raise ValueError(f"{name}: {b} must be a dense (strided) tensor, got {t.layout}")
+            if t.device.type != "cpu":
+                raise ValueError(f"{name}: {b} is on {t.device}; packed weights live on the CPU")
             if t.dim() != 1:
                 raise ValueError(f"{name}: {b} must be 1-D, got shape {tuple(t.shape)}")
             if t.dtype != dtypes[b]:
                 raise ValueError(f"{name}: {b} must be {dtypes[b]}, got {t.dtype}")
-            if t.device.type != "cpu":
-                raise ValueError(f"{name}: {b} is on {t.device}; packed weights live on the CPU")
-            if t.layout != torch.strided:
-                raise TypeError(f"{name}: {b} must be a dense (strided) tensor, got {t.layout}")
+            if claims_more_than_it_holds(t):
+                raise ValueError(f"{name}: {b} claims {t.numel()} entries but its storage holds "
+                                 f"{t.untyped_storage().nbytes() // t.element_size()} (an "
+                                 "expanded view); packed buffers must hold their data")
         try:
             sizes = cls.expected_sizes((rows, cols), params, tensors)
         except ValueError as e:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from .. import ops
 from .._weights import effective_weight
 from ..formats import FORMATS, PackedWeight
+from ..formats.base import describe_tensor, is_small_cpu_int64
 from .packed import PackedModule
 
 __all__ = ["SparseConv2d", "CONV_FORMATS"]
@@ -35,6 +35,20 @@ def _suggest_memory_format(x: torch.Tensor) -> torch.memory_format:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def conv_pair(value, label: str, low: int, where: str) -> tuple[int, int]:
+    """``value`` (an int or a pair of ints, each >= ``low``) as a pair; ValueError otherwise.
+
+    Stricter than torch's ``_pair``, which passes any iterable through: a stride of length 1 or
+    3 would build a layer whose every forward fails."""
+    pair = (value, value) if _is_int(value) else value
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(_is_int(v) and v >= low for v in pair)):
+        kind = "positive" if low >= 1 else "non-negative"
+        raise ValueError(f"{where}: {label} must be a {kind} int or a pair of them, got "
+                         f"{value!r}")
+    return int(pair[0]), int(pair[1])
 
 
 class SparseConv2d(PackedModule):
@@ -63,16 +77,15 @@ class SparseConv2d(PackedModule):
                  weight: PackedWeight | None = None, name: str = "",
                  kernels: tuple[str, ...] = ()) -> None:
         where = f"SparseConv2d {name!r}" if name else "SparseConv2d"
-        ks, st, dil = _pair(kernel_size), _pair(stride), _pair(dilation)
-        for label, pair, low in (("kernel_size", ks, 1), ("stride", st, 1), ("dilation", dil, 1)):
-            if not all(_is_int(v) and v >= low for v in pair):
-                raise ValueError(f"{where}: {label} must be positive ints, got {pair}")
+        ks = conv_pair(kernel_size, "kernel_size", 1, where)
+        st = conv_pair(stride, "stride", 1, where)
+        dil = conv_pair(dilation, "dilation", 1, where)
         if not (_is_int(groups) and groups >= 1 and _is_int(in_channels) and in_channels >= 1
                 and _is_int(out_channels) and out_channels >= 1
                 and in_channels % groups == 0 and out_channels % groups == 0):
             raise ValueError(f"{where}: in_channels {in_channels} and out_channels "
                              f"{out_channels} must be positive multiples of groups {groups}")
-        if padding_mode not in _PADDING_MODES:
+        if not isinstance(padding_mode, str) or padding_mode not in _PADDING_MODES:
             raise ValueError(f"{where}: padding_mode must be one of {_PADDING_MODES}, got "
                              f"{padding_mode!r}")
         if isinstance(padding, str):
@@ -86,16 +99,14 @@ class SparseConv2d(PackedModule):
                 th, tw = dil[0] * (ks[0] - 1), dil[1] * (ks[1] - 1)
                 pads = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
         else:
-            padding = _pair(padding)
-            if not all(_is_int(v) and v >= 0 for v in padding):
-                raise ValueError(f"{where}: padding must be non-negative ints, got {padding}")
+            padding = conv_pair(padding, "padding", 0, where)
             pads = (padding[0], padding[1], padding[0], padding[1])
         d = self.__dict__
         d.update(in_channels=in_channels, out_channels=out_channels, kernel_size=ks, stride=st,
                  padding=padding, dilation=dil, groups=groups, padding_mode=padding_mode)
         d["_pads"] = pads  # (top, left, bottom, right)
         if weight is None:
-            weight = FORMATS["csr"].from_dense(torch.zeros(self._expected_shape()))
+            weight = FORMATS["csr"].from_dense(torch.zeros(self._expected_shape(), device="cpu"))
         super().__init__(weight, out_channels if bias else None, name=name, kernels=kernels)
 
     _FIXED = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
@@ -168,11 +179,12 @@ class SparseConv2d(PackedModule):
         key = prefix + self._FILTER_KEY
         if key in state_dict:
             got = state_dict[key]
-            if not (isinstance(got, torch.Tensor) and got.dtype == torch.int64
-                    and got.shape == (4,) and got.tolist() == self._filter_shape()):
-                shown = got.tolist() if isinstance(got, torch.Tensor) else got
-                raise ValueError(f"{self._where()}: state_dict holds a filter of shape {shown}, "
-                                 f"not {self._filter_shape()}")
+            if not is_small_cpu_int64(got, (4,)):
+                raise ValueError(f"{self._where()}: state_dict's {self._FILTER_KEY} must be a "
+                                 f"dense CPU int64 tensor of 4 entries, got {describe_tensor(got)}")
+            if got.tolist() != self._filter_shape():
+                raise ValueError(f"{self._where()}: state_dict holds a filter of shape "
+                                 f"{got.tolist()}, not {self._filter_shape()}")
         elif strict:
             missing_keys.append(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,

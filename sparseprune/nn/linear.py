@@ -51,7 +51,8 @@ class SparseLinear(PackedModule):
         self.__dict__["in_features"] = int(in_features)
         self.__dict__["out_features"] = int(out_features)
         if weight is None:
-            weight = FORMATS[DEFAULT_FORMAT].from_dense(torch.zeros(out_features, in_features))
+            weight = FORMATS[DEFAULT_FORMAT].from_dense(
+                torch.zeros(out_features, in_features, device="cpu"))
         super().__init__(weight, out_features if bias else None, name=name, kernels=kernels)
 
     # Shapes are fixed by the packed weight: assigning them would make the layer lie about it.

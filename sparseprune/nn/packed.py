@@ -46,6 +46,11 @@ _HEADER = "format_header"
 class PackedModule(nn.Module):
     """Base of ``SparseLinear`` (and later ``SparseConv2d``).
 
+    Packed layers live on the CPU whatever the default device: built inside
+    ``with torch.device("meta")`` (lazy loading), they hold a real, all-zero CPU weight that
+    ``load_state_dict`` then validates and replaces; ``.to("meta")`` / ``to_empty(device=...)``
+    to another device are refused at the call.
+
     Args:
         weight: the packed weight.
         bias_features: length of the bias, or None for no bias.
@@ -60,7 +65,7 @@ class PackedModule(nn.Module):
         self.name = name
         self._set_weight(weight)
         self.register_buffer("bias", None if bias_features is None
-                             else torch.zeros(bias_features))
+                             else torch.zeros(bias_features, device="cpu"))
         self.kernels = tuple(kernels)
 
     # --- the packed weight ---
@@ -243,7 +248,7 @@ class PackedModule(nn.Module):
         # The packed weight is float32 on the CPU and stays so: .half()/.double()/.bfloat16()
         # leave it (and the bias) in float32 and the layer keeps working; a move to another
         # device is refused here rather than failing at the next call.
-        probe = fn(torch.zeros(1))
+        probe = fn(torch.zeros(1, device="cpu"))
         if isinstance(probe, torch.Tensor) and probe.device.type != "cpu":
             raise RuntimeError(f"{self._where()}: packed sparse weights run on the CPU only; "
                                f"cannot move to {probe.device}")

@@ -109,7 +109,11 @@ def apply_widths(model: nn.Module, widths: dict, sd: dict, path: object) -> None
             elif attr not in WIDTH_ATTRS or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{path}: module {name!r}: {attr}={value!r} is not a width "
                                  f"attribute (expected an int >= 0 for one of {WIDTH_ATTRS})")
-            setattr(mods[name], attr, value)
+            try:  # a packed layer's sizes are fixed: it refuses with AttributeError
+                setattr(mods[name], attr, value)
+            except (AttributeError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}: module {name!r}: cannot set {attr}={value!r} "
+                                 f"({err})") from None
     mark_head_pruned(model)
     _refold(model, widths.get("folded", {}), path)
     mods = dict(model.named_modules())

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .._timing import interleaved
 from .._weights import masked
 from ..formats import parse_header
+from ..formats.base import claims_more_than_it_holds, describe_tensor
 from ..pruning.summary import LayerSummary, tensor_bytes
 
 __all__ = ["LayerInfo", "ModelFileError", "convert_file", "inspect_state", "load_model_file",
@@ -97,11 +98,20 @@ def read_model_file(path: str | os.PathLike, unsafe: bool = False
             else type(obj).__name__
         raise ModelFileError(f"{path}: found {what}, not a model or a state_dict (a dict of "
                              "tensors, or a checkpoint with a 'state_dict' entry)")
-    return (None, *_split(state))
+    return (None, *_split(state, path))
 
 
-def _split(state: Mapping) -> tuple[dict[str, Tensor], dict[str, object]]:
+def _split(state: Mapping, path: object = None) -> tuple[dict[str, Tensor], dict[str, object]]:
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if path is not None:  # a file's tensors: reported and packed, so read; check them first
+        for key, t in tensors.items():
+            if t.layout != torch.strided or t.device.type != "cpu":
+                raise ModelFileError(f"{path}: {key} is a {describe_tensor(t)}; a state_dict "
+                                     "entry must be a dense CPU tensor")
+            if claims_more_than_it_holds(t):
+                raise ModelFileError(f"{path}: {key} claims {t.numel()} entries but its "
+                                     f"storage holds {t.untyped_storage().nbytes()} bytes (an "
+                                     "expanded view); refusing to read it")
     return tensors, {k: v for k, v in state.items() if not isinstance(v, Tensor)}
 
 
@@ -191,7 +201,9 @@ def inspect_state(state: Mapping[str, Tensor]) -> list[LayerInfo]:
     packed_keys = {(p + "." if p else "") + b for p, w in packed.items()
                    for b in (*w.BUFFERS, _HEADER)}
     for prefix, w in packed.items():
-        nnz = int((w.to_dense() != 0).sum())
+        # Nonzero stored values (positions are unique once validated); never densified: a
+        # valid header may claim 2**31 columns.
+        nnz = int((w.tensors()["values"] != 0).sum())
         rows.append(LayerInfo(
             name=prefix or "(root)", param="weight", type="SparseLinear", shape=w.shape,
             params=w.rows * w.cols, nonzeros=nnz, pattern=f"packed {w.NAME}",

@@ -557,7 +557,7 @@ def test_bad_inputs_and_arguments_get_clear_errors():
         SparseConv2d(4, 6, 3, padding_mode="mirror")
     with pytest.raises(ValueError, match="multiples of groups"):
         SparseConv2d(4, 6, 3, groups=4)
-    with pytest.raises(ValueError, match="kernel_size must be positive ints"):
+    with pytest.raises(ValueError, match="kernel_size must be a positive int or a pair"):
         SparseConv2d(4, 6, 0)
     with pytest.raises(AttributeError, match="kernel_size is fixed"):
         sp.kernel_size = (5, 5)

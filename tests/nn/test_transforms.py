@@ -1,5 +1,6 @@
 """Packed layers under torch.func transforms and TorchScript: vmap and grad run densely with
-the same weight (correct results), jit.trace records the custom op, jit.script says why not."""
+the same weight (correct results), jit.trace records the custom op, jit.script says why not;
+meta-device construction and to_empty for lazy loading."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import sparseprune
 from sparseprune import SparseConv2d, SparseLinear
 
 
@@ -57,3 +59,42 @@ def test_jit_script_refuses_with_one_clear_message(make):
     with pytest.raises(RuntimeError, match="torch.jit.script cannot compile packed sparse "
                                            "layers; use torch.jit.trace"):
         torch.jit.script(nn.Sequential(make(), nn.ReLU()))
+
+
+def _pruned_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    sparseprune.prune(model, 0.9, protect=None)
+    sparseprune.remove(model)
+    return model
+
+
+def test_layers_built_under_the_meta_device_load_and_run_on_the_cpu():
+    """Lazy loading: a model built inside ``torch.device("meta")`` gets CPU packed layers (an
+    all-zero weight), which ``load_state_dict`` validates and fills."""
+    sparse, _ = sparseprune.convert(_pruned_mlp(), min_sparsity=0.0)
+    with torch.device("meta"):
+        lazy = nn.Sequential(SparseLinear(64, 32), nn.ReLU(), SparseLinear(32, 8),
+                             SparseConv2d(3, 8, 3))
+        packed = SparseLinear.from_dense(nn.Linear(8, 4, device="cpu"))
+    assert lazy[0].bias.device.type == "cpu" and lazy[0].weight.nnz == 0
+    assert packed.bias.device.type == "cpu" and packed.weight.nnz == 32
+    assert lazy[3](torch.ones(1, 3, 5, 5)).abs().max() == 0  # all-zero filter and bias
+    lazy = lazy[:3]
+    lazy.load_state_dict(sparse.state_dict())
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(lazy(x), sparse(x), rtol=0, atol=0)
+
+
+def test_to_empty_on_the_cpu_keeps_packed_layers_and_other_devices_are_refused():
+    dense = _pruned_mlp()
+    sparse, _ = sparseprune.convert(dense, min_sparsity=0.0, exclude=["2"])
+    with torch.device("meta"):
+        lazy = nn.Sequential(SparseLinear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    lazy.to_empty(device="cpu")  # the dense Linear gets CPU storage; the packed layer stays
+    lazy.load_state_dict(sparse.state_dict())
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(lazy(x), sparse(x), rtol=0, atol=0)
+    for move in (lambda m: m.to_empty(device="meta"), lambda m: m.to("meta")):
+        with pytest.raises(RuntimeError, match="CPU only; cannot move to meta"):
+            move(lazy)
