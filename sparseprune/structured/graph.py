@@ -2,8 +2,9 @@
 
 ``DependencyGraph.build(model, example_inputs)`` runs the traced graph once on the example inputs
 (in eval mode, without gradients) and, node by node, labels every channel-carrying tensor
-dimension with atoms (see ``labels.py``). The op rules in ``rules.py`` say how labels flow and
-which atoms must be removed together. The result lists:
+dimension with atoms (see ``labels.py``). The op rules in ``rules/`` say how labels flow and
+which atoms must be removed together; ``interpreter.py`` applies them node by node. The result
+lists:
 
 - *attachments*: ``(parameter or buffer, dim) -> atom per index``: the slices to cut;
 - *attributes*: ``(module, attribute) -> atoms``: e.g. ``out_channels`` becomes the kept count;
@@ -22,7 +23,9 @@ import torch.fx as fx
 from torch import nn
 
 from .._modules import eval_mode
+from .interpreter import LabelInterpreter
 from .labels import FIXED, AtomTable
+from .records import _CostItem
 
 __all__ = [
     "Attachment",
@@ -87,13 +90,6 @@ class Group:
 
     def __len__(self) -> int:
         return len(self.classes)
-
-
-@dataclass
-class _CostItem:
-    base: float
-    dims: list[np.ndarray]  # atoms along each dim whose width scales the cost
-    module: str | None = None
 
 
 @dataclass
@@ -296,8 +292,6 @@ def trace(
             wants fine-tuning). RMSNorm widths are always pruned, exactly (weight and eps are
             rescaled).
     """
-    from .rules import LabelInterpreter  # rules import this module's classes
-
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)

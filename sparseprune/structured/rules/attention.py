@@ -1,0 +1,87 @@
+"""Attention rules: ``nn.MultiheadAttention`` (whole heads) and the head-count attributes.
+
+``HEAD_ATTRS`` names the module attributes taken to hold a head count; a reshape that splits a
+channel dim by one of them (see ``shapes.py``) removes whole heads, and the surgery rewrites the
+attribute. ``F.scaled_dot_product_attention`` is in ``functional.py`` with matmul.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .core import _Ctx, _none_labels, _unknown, register_module_rule
+
+__all__ = ["HEAD_ATTRS"]
+
+# Module attributes taken to hold an attention head count that surgery may rewrite.
+HEAD_ATTRS = ("num_heads", "heads", "n_heads", "n_head", "num_attention_heads", "nheads")
+
+
+@register_module_rule(nn.MultiheadAttention)
+def _multihead_attention(ctx: _Ctx) -> Any:
+    """Whole heads: q/k/v rows of the in-projection and out_proj columns, ``num_heads`` rewritten.
+
+    ``embed_dim`` (inputs and output) is kept; the surgery switches a module that lost heads to
+    ``HeadPrunedMultiheadAttention`` (its inner width ``num_heads * head_dim`` < ``embed_dim``).
+    """
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+             "average_attn_weights", "is_causal")
+    args = {k: ctx.arg(i, k) for i, k in enumerate(names)}
+    attn_mask = ctx.val(args["attn_mask"])
+    need_weights = ctx.val(args["need_weights"])
+    weights_used = need_weights is not False and any(
+        not (u.op == "call_function" and u.target is operator.getitem)
+        or (u.args[1] != 0 and len(u.users) > 0)
+        for u in ctx.node.users
+    )
+    why = None
+    if m.bias_k is not None or m.add_zero_attn:
+        why = "nn.MultiheadAttention with add_bias_kv or add_zero_attn"
+    elif isinstance(attn_mask, torch.Tensor) and attn_mask.dim() == 3:
+        why = "nn.MultiheadAttention with a per-head (3-D) attn_mask"
+    elif weights_used:
+        why = "nn.MultiheadAttention attention weights (averaged over heads) are used"
+    elif m.num_heads < 2:
+        why = "nn.MultiheadAttention with one head"
+    if why is not None:
+        return _unknown(ctx, why)
+    g = ctx.graph
+    tq = ctx.tl(args["query"])
+    q, k, v = (ctx.val(args[a]) for a in ("query", "key", "value"))
+    keep_why = "nn.MultiheadAttention keeps embed_dim (only its heads are pruned)"
+    ctx.fix(tq[-1], keep_why)
+    for a in ("key", "value", "key_padding_mask", "attn_mask"):
+        ctx.fix(ctx.lab(args[a]), keep_why)
+    h, d = m.num_heads, m.head_dim
+    inner = g.new_block(h * d, name)
+    grid = inner.reshape(h, d)
+    g.unify(grid, grid[:, :1])
+    if m._qkv_same_embed_dim:
+        g.attach(f"{name}.in_proj_weight", 0, np.tile(inner, 3), "weight")
+    else:
+        for w in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            g.attach(f"{name}.{w}", 0, inner, "weight")
+    if m.in_proj_bias is not None:
+        g.attach(f"{name}.in_proj_bias", 0, np.tile(inner, 3), "bias")
+    g.attach(f"{name}.out_proj.weight", 1, inner, "weight")
+    g.set_attr(name, "num_heads", grid[:, 0])
+    # MACs (all scale with the kept heads): projections, scores, weighted sum, out_proj
+    lq = q.numel() // q.shape[-1]
+    lk = k.numel() // k.shape[-1]
+    src = k.shape[-2] if (q.dim() == 3 and m.batch_first) else k.shape[0]
+    macs = lq * h * d * (q.shape[-1] + m.embed_dim) + lk * h * d * (k.shape[-1] + v.shape[-1])
+    macs += 2 * lq * src * h * d
+    g.add_macs(macs, [inner], name)
+    out = ctx.result[0]
+    lab = tq[-1]
+    if lab is None:  # the output width stays embed_dim
+        lab = g.new_block(out.shape[-1], f"{name}.out_proj")
+        ctx.fix(lab, keep_why)
+    return (tq[:-1] + (lab,), _none_labels(ctx.result[1]))

@@ -1,0 +1,208 @@
+"""Shared pieces of the op rules: the rule context, the registries and the common helpers.
+
+``_Ctx`` is what every rule gets (node, argument values and labels, the real result); ``IntDep``
+labels an int computed from tensor sizes. ``MODULE_RULES``, ``FUNCTION_RULES`` and
+``METHOD_RULES`` hold the rules by module type, function object and method name; the other files
+of this package fill them on import. ``_unknown`` (pin everything, name the op in the plan),
+``_broadcast``/``_broadcast_dim`` (couple the dims of broadcast operands) and ``_int_arith``
+(size arithmetic) are used by rules of several kinds and by the interpreter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+if TYPE_CHECKING:  # type hints only: the graph imports the interpreter, which imports the rules
+    from ..graph import DependencyGraph
+
+__all__ = [
+    "FUNCTION_RULES",
+    "METHOD_RULES",
+    "MODULE_RULES",
+    "IntDep",
+    "Rule",
+    "register_module_rule",
+]
+
+
+@dataclass(frozen=True)
+class IntDep:
+    """An int computed from tensor sizes; ``atoms`` are the labels of the sizes it read.
+
+    ``direct``: the int is one size itself (``x.size(1)``), not arithmetic on sizes.
+    """
+
+    atoms: np.ndarray | None
+    direct: bool = False
+
+
+@dataclass
+class _Ctx:
+    node: fx.Node
+    graph: DependencyGraph
+    values: dict[fx.Node, Any]
+    labels: dict[fx.Node, Any]
+    result: Any
+
+    @property
+    def module_name(self) -> str | None:
+        if self.node.op == "call_module":
+            return str(self.node.target)
+        stack = self.node.meta.get("nn_module_stack")
+        if stack:
+            return list(stack.values())[-1][0]
+        return None
+
+    def arg(self, i: int, name: str, default: Any = None) -> Any:
+        if i < len(self.node.args):
+            return self.node.args[i]
+        return self.node.kwargs.get(name, default)
+
+    def val(self, a: Any) -> Any:
+        return fx.node.map_arg(a, lambda n: self.values[n])
+
+    def lab(self, a: Any) -> Any:
+        """Labels of an argument: a tuple per tensor dim, IntDep for sizes, else None."""
+        if isinstance(a, fx.Node):
+            return self.labels.get(a)
+        if isinstance(a, (tuple, list)):
+            return type(a)(self.lab(x) for x in a)
+        return None
+
+    def tl(self, a: Any) -> tuple:
+        """Tensor labels of ``a``, all-None when it carries none."""
+        v = self.val(a)
+        lab = self.lab(a)
+        if isinstance(v, torch.Tensor) and isinstance(lab, tuple) and len(lab) == v.dim():
+            return lab
+        return (None,) * (v.dim() if isinstance(v, torch.Tensor) else 0)
+
+    def fix(self, atoms: Any, why: str) -> None:
+        for arr in _all_atoms(atoms):
+            self.graph.fix(arr, self.node.name, self.module_name, why)
+
+
+def _all_atoms(lab: Any):
+    if lab is None:
+        return
+    if isinstance(lab, np.ndarray):
+        yield lab
+    elif isinstance(lab, IntDep):
+        if lab.atoms is not None:
+            yield lab.atoms
+    elif isinstance(lab, (tuple, list)):
+        for x in lab:
+            yield from _all_atoms(x)
+
+
+def _none_labels(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return (None,) * value.dim()
+    if isinstance(value, (tuple, list)):
+        return tuple(_none_labels(v) for v in value)
+    return None
+
+
+Rule = Callable[[_Ctx], Any]
+MODULE_RULES: dict[type, Rule] = {}
+FUNCTION_RULES: dict[Any, Rule] = {}
+METHOD_RULES: dict[str, Rule] = {}
+
+
+def _registrar(table: dict) -> Callable[..., Callable[[Rule], Rule]]:
+    """A decorator factory that files a rule under every key it is given in ``table``."""
+
+    def register(*keys: Any) -> Callable[[Rule], Rule]:
+        def deco(fn: Rule) -> Rule:
+            for key in keys:
+                table[key] = fn
+            return fn
+
+        return deco
+
+    return register
+
+
+_module_rule = _registrar(MODULE_RULES)
+_function_rule = _registrar(FUNCTION_RULES)
+_method_rule = _registrar(METHOD_RULES)
+
+
+def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
+    """Decorator: ``@register_module_rule(MyLayer)`` handles ``call_module`` of that type."""
+    return _module_rule(*types)
+
+
+def _unknown(ctx: _Ctx, why: str | None = None) -> Any:
+    what = ctx.node.target if ctx.node.op != "call_function" else ctx.node.target.__name__
+    ctx.fix([ctx.lab(a) for a in ctx.node.args] + [ctx.lab(a) for a in ctx.node.kwargs.values()],
+            why or f"no dependency rule for {ctx.node.op} {what!r}")
+    return _none_labels(ctx.result)
+
+
+# ---- broadcasting and size arithmetic -----------------------------------------------------------
+
+
+def _broadcast(ctx: _Ctx, operands: list[Any], out_shape: torch.Size) -> tuple:
+    nd = len(out_shape)
+    tensors = []
+    for a in operands:
+        v = ctx.val(a)
+        if isinstance(v, torch.Tensor):
+            tensors.append((v, ctx.tl(a)))
+        else:
+            ctx.fix(ctx.lab(a), "a channel count is used as a value")
+    res = []
+    for d in range(nd):
+        cands, blocked = [], False
+        for v, tl in tensors:
+            k = d - (nd - v.dim())
+            if k < 0 or out_shape[d] == 1 or v.shape[k] == 1:
+                continue
+            if tl[k] is None:
+                blocked = True
+            else:
+                cands.append(tl[k])
+        if not cands:
+            res.append(None)
+        elif blocked:
+            ctx.fix(cands, f"elementwise op with an operand whose dim {d} cannot shrink")
+            res.append(None)
+        else:
+            for c in cands[1:]:
+                ctx.graph.unify(cands[0], c)
+            res.append(cands[0])
+    return tuple(res)
+
+
+def _int_arith(ctx: _Ctx) -> Any:
+    deps = [x.atoms for x in _flat(ctx.lab(list(ctx.node.args))) if isinstance(x, IntDep)]
+    deps = [d for d in deps if d is not None]
+    return IntDep(np.concatenate(deps) if deps else None, direct=False)
+
+
+def _flat(x: Any):
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _flat(y)
+    else:
+        yield x
+
+
+def _broadcast_dim(ctx: _Ctx, entries: list, size: int, d: int) -> np.ndarray | None:
+    cands = [lab for s, lab in entries if s == size and size != 1 and lab is not None]
+    blocked = any(lab is None and s == size and size != 1 for s, lab in entries)
+    if not cands:
+        return None
+    if blocked:
+        ctx.fix(cands, f"concatenated with a tensor whose dim {d} cannot shrink")
+        return None
+    for c in cands[1:]:
+        ctx.graph.unify(cands[0], c)
+    return cands[0]

@@ -1,0 +1,216 @@
+"""Rules for functions and tensor methods that compute: elementwise math (``operator.*``,
+``torch.*``, ``F.*`` activations), reductions, softmax/cumsum/normalize, ``F.layer_norm``, pooling
+and interpolation, matmul, ``F.scaled_dot_product_attention`` and ``F.linear``.
+
+Module forms of the same ops (``nn.ReLU``, ``nn.MaxPool2d``, ``nn.Softmax``...) are in
+``modules.py``; they reuse ``_spatial`` and ``_along_dim`` from here.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .core import (
+    FUNCTION_RULES,
+    METHOD_RULES,
+    Rule,
+    _broadcast,
+    _broadcast_dim,
+    _Ctx,
+    _function_rule,
+    _int_arith,
+    _method_rule,
+    _none_labels,
+    _unknown,
+)
+from .shapes import _transpose
+
+__all__: list[str] = []
+
+
+# ---- elementwise --------------------------------------------------------------------------------
+
+
+def _elementwise(ctx: _Ctx) -> Any:
+    if not isinstance(ctx.result, torch.Tensor):
+        return _int_arith(ctx)
+    operands = [a for a in ctx.node.args if not isinstance(a, (str, torch.dtype))]
+    operands += [v for k, v in ctx.node.kwargs.items() if k in ("other", "input", "alpha")]
+    return _broadcast(ctx, operands, ctx.result.shape)
+
+
+
+_ELEMENTWISE_FUNCS = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
+    operator.imul, operator.itruediv, operator.neg, operator.pow, operator.floordiv,
+    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum, torch.where,
+    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.sqrt, torch.rsqrt,
+    torch.clamp, torch.clip, torch.erf, torch.square, torch.pow,
+    F.relu, F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
+    F.leaky_relu, F.elu, F.selu, F.softplus, F.dropout, F.dropout2d, F.hardtanh,
+]
+_ELEMENTWISE_METHODS = [
+    "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "relu", "relu_", "sigmoid",
+    "sigmoid_", "tanh", "exp", "abs", "neg", "sqrt", "rsqrt", "clamp", "clamp_", "clip", "pow",
+    "square", "contiguous", "clone", "detach", "float", "half", "double", "to", "type", "type_as",
+    "masked_fill", "gelu", "silu", "requires_grad_",
+]
+for _f in _ELEMENTWISE_FUNCS:
+    FUNCTION_RULES[_f] = _elementwise
+for _m in _ELEMENTWISE_METHODS:
+    METHOD_RULES[_m] = _elementwise
+
+
+# ---- reductions and normalisations over dims ----------------------------------------------------
+
+
+def _reduce(ctx: _Ctx) -> Any:
+    x = ctx.node.args[0]
+    v, tl = ctx.val(x), ctx.tl(x)
+    dim = ctx.val(ctx.arg(1, "dim"))
+    keep = bool(ctx.val(ctx.node.kwargs.get("keepdim", False)))
+    if len(ctx.node.args) > 2 and isinstance(ctx.node.args[2], bool):
+        keep = ctx.node.args[2]
+    dims = range(v.dim()) if dim is None else (dim if isinstance(dim, (tuple, list)) else [dim])
+    dims = {d % v.dim() for d in dims} if v.dim() else set()
+    ctx.fix([tl[d] for d in dims], "reduction over a channel dim")
+    out = [None if d in dims else tl[d] for d in range(v.dim())]
+    if not keep:
+        out = [lab for d, lab in enumerate(out) if d not in dims]
+    if isinstance(ctx.result, tuple):  # max/min with dim return (values, indices)
+        return (tuple(out), tuple(out))
+    if isinstance(ctx.result, torch.Tensor) and ctx.result.dim() != len(out):
+        return _none_labels(ctx.result)
+    return tuple(out)
+
+
+for _name in ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "prod",
+              "argmax", "argmin", "all", "any", "nansum"):
+    METHOD_RULES[_name] = _reduce
+    if hasattr(torch, _name):
+        FUNCTION_RULES[getattr(torch, _name)] = _reduce
+
+
+def _along_dim(ctx: _Ctx, dim: int | None, why: str) -> Any:
+    x = ctx.node.args[0]
+    tl = ctx.tl(x)
+    if dim is None:
+        ctx.fix(list(tl), why)
+        return _none_labels(ctx.result)
+    d = dim % len(tl)
+    ctx.fix(tl[d], why)
+    return tuple(None if i == d else lab for i, lab in enumerate(tl))
+
+
+@_function_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.cumsum)
+@_method_rule("softmax", "log_softmax", "cumsum")
+def _softmax(ctx: _Ctx) -> Any:
+    return _along_dim(ctx, ctx.val(ctx.arg(1, "dim")), "softmax/cumsum over a channel dim")
+
+
+@_function_rule(F.normalize)
+def _normalize(ctx: _Ctx) -> Any:
+    return _along_dim(ctx, ctx.val(ctx.arg(2, "dim", 1)), "normalize over a channel dim")
+
+
+@_function_rule(F.layer_norm)
+def _f_layer_norm(ctx: _Ctx) -> Any:
+    shape = ctx.val(ctx.arg(1, "normalized_shape"))
+    tl = ctx.tl(ctx.node.args[0])
+    n = len(shape)
+    ctx.fix([*tl[-n:], *(ctx.tl(a) for a in ctx.node.args[2:4])],
+             "layer norm statistics over the channel dim would change (kept exact)")
+    return tl[:-n] + (None,) * n
+
+
+# ---- spatial ops: pooling, interpolation --------------------------------------------------------
+
+
+def _spatial(n_spatial: int | None) -> Rule:
+    def rule(ctx: _Ctx) -> Any:
+        x = ctx.node.args[0]
+        tl = ctx.tl(x)
+        k = len(tl) - 2 if n_spatial is None else n_spatial
+        if ctx.result.dim() != len(tl):
+            return _unknown(ctx)
+        ctx.fix(list(tl[len(tl) - k :]), "spatial op over a channel dim")
+        return tuple(tl[: len(tl) - k]) + (None,) * k
+
+    return rule
+
+
+for _f, _k in [
+    (F.max_pool1d, 1), (F.max_pool2d, 2), (F.max_pool3d, 3), (F.avg_pool1d, 1),
+    (F.avg_pool2d, 2), (F.avg_pool3d, 3), (F.adaptive_avg_pool1d, 1), (F.adaptive_avg_pool2d, 2),
+    (F.adaptive_avg_pool3d, 3), (F.adaptive_max_pool1d, 1), (F.adaptive_max_pool2d, 2),
+    (F.interpolate, None), (F.pad, None), (torch.max_pool2d, 2), (torch.avg_pool1d, 1),
+]:
+    FUNCTION_RULES[_f] = _spatial(_k)
+
+
+# ---- matmul and attention -----------------------------------------------------------------------
+
+
+@_function_rule(operator.matmul, torch.matmul, torch.bmm)
+@_method_rule("matmul", "bmm")
+def _matmul(ctx: _Ctx) -> Any:
+    a, b = ctx.node.args[0], ctx.node.args[1]
+    va, vb = ctx.val(a), ctx.val(b)
+    if va.dim() < 2 or vb.dim() < 2:
+        return _unknown(ctx, "matmul with a vector")
+    return _matmul_from(ctx, va, ctx.tl(a), vb, ctx.tl(b), ctx.result)
+
+
+@_function_rule(F.scaled_dot_product_attention)
+def _sdpa(ctx: _Ctx) -> Any:
+    q, k, v = (ctx.arg(i, n) for i, n in enumerate(("query", "key", "value")))
+    tq = ctx.tl(q)
+    if ctx.arg(6, "scale") is None and tq[-1] is not None:
+        ctx.fix(tq[-1], "scaled_dot_product_attention's default scale depends on the head dim")
+    if ctx.arg(3, "attn_mask") is not None:
+        ctx.fix(ctx.lab(ctx.arg(3, "attn_mask")), "attention mask")
+    kt = ctx.val(k).transpose(-2, -1)
+    vq = ctx.val(q)
+    scores = torch.empty(torch.broadcast_shapes(vq.shape[:-2], kt.shape[:-2])
+                         + (vq.shape[-2], kt.shape[-1]))
+    tk = _transpose(ctx.tl(k), -2, -1)
+    sl = _matmul_from(ctx, ctx.val(q), tq, kt, tk, scores)
+    out = _matmul_from(ctx, scores, sl[:-1] + (None,), ctx.val(v), ctx.tl(v), ctx.result)
+    return out
+
+
+def _matmul_from(ctx: _Ctx, va, ta, vb, tb, out) -> tuple:
+    k_lab = _broadcast_dim(ctx, [(va.shape[-1], ta[-1]), (vb.shape[-2], tb[-2])], va.shape[-1], -1)
+    nb = out.dim() - 2
+    batch = []
+    for d in range(nb):
+        entries = []
+        for v, tl in ((va, ta), (vb, tb)):
+            kk = d - (nb - (v.dim() - 2))
+            if kk >= 0:
+                entries.append((v.shape[kk], tl[kk]))
+        batch.append(_broadcast_dim(ctx, entries, out.shape[d], d))
+    res = (*batch, ta[-2], tb[-1])
+    ctx.graph.add_macs(out.numel() * va.shape[-1], [*res, k_lab], ctx.module_name)
+    return res
+
+
+@_function_rule(F.linear)
+def _f_linear(ctx: _Ctx) -> Any:
+    x, w = ctx.node.args[0], ctx.arg(1, "weight")
+    tx, tw = ctx.tl(x), ctx.tl(w)
+    b = ctx.arg(2, "bias")
+    k = _broadcast_dim(ctx, [(ctx.val(x).shape[-1], tx[-1]), (ctx.val(w).shape[1], tw[1])],
+                       ctx.val(w).shape[1], -1)
+    out = tw[0]
+    if b is not None and out is not None:
+        tb = ctx.tl(b)
+        if tb[0] is not None:
+            ctx.graph.unify(out, tb[0])
+    ctx.graph.add_macs(ctx.result.numel() * ctx.val(w).shape[1], [out, k], ctx.module_name)
+    return tx[:-1] + (out,)
+

@@ -1,0 +1,249 @@
+"""Module rules (``call_module``): activations and dropout (pass-through), pooling and padding,
+``nn.Flatten``, ``nn.Softmax``, convolutions, ``nn.Linear``, ``nn.Embedding``, batch/instance/
+group/layer/RMS norms and ``nn.PReLU``. ``nn.MultiheadAttention`` is in ``attention.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .core import MODULE_RULES, _Ctx, _unknown, register_module_rule
+from .functional import _along_dim, _spatial
+from .shapes import _reshape
+
+__all__: list[str] = []
+
+# ---- modules ------------------------------------------------------------------------------------
+
+
+def _passthrough(ctx: _Ctx) -> Any:
+    x = ctx.node.args[0]
+    if isinstance(ctx.result, torch.Tensor) and ctx.result.shape == ctx.val(x).shape:
+        return ctx.tl(x)
+    return _unknown(ctx)
+
+
+for _t in (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Dropout, nn.Dropout1d,
+    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
+):
+    MODULE_RULES[_t] = _passthrough
+
+for _t, _k in [
+    (nn.MaxPool1d, 1), (nn.MaxPool2d, 2), (nn.MaxPool3d, 3), (nn.AvgPool1d, 1), (nn.AvgPool2d, 2),
+    (nn.AvgPool3d, 3), (nn.AdaptiveAvgPool1d, 1), (nn.AdaptiveAvgPool2d, 2),
+    (nn.AdaptiveAvgPool3d, 3), (nn.AdaptiveMaxPool1d, 1), (nn.AdaptiveMaxPool2d, 2),
+    (nn.Upsample, None), (nn.UpsamplingNearest2d, 2), (nn.UpsamplingBilinear2d, 2),
+    (nn.ZeroPad2d, 2), (nn.ReflectionPad2d, 2), (nn.ConstantPad2d, 2),
+]:
+    MODULE_RULES[_t] = _spatial(_k)
+
+
+@register_module_rule(nn.Flatten)
+def _flatten_module(ctx: _Ctx) -> Any:
+    return _reshape(ctx, ctx.node.args[0], None)
+
+
+@register_module_rule(nn.Softmax, nn.LogSoftmax)
+def _softmax_module(ctx: _Ctx) -> Any:
+    m = ctx.graph.model.get_submodule(ctx.node.target)
+    return _along_dim(ctx, m.dim, "softmax over a channel dim")
+
+
+def _channel_dim(x: torch.Tensor, n_spatial: int) -> int:
+    return x.dim() - n_spatial - 1
+
+
+@register_module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    x = ctx.val(ctx.node.args[0])
+    tl = ctx.tl(ctx.node.args[0])
+    n_sp = len(m.kernel_size)
+    cd = _channel_dim(x, n_sp)
+    lin = tl[cd]
+    g = ctx.graph
+    cin, cout, groups = m.in_channels, m.out_channels, m.groups
+    w, b = f"{name}.weight", f"{name}.bias"
+    ctx.fix(list(tl[cd + 1 :]), "conv over a channel-labelled spatial dim")
+    if groups == 1:
+        if lin is not None:
+            g.attach(w, 1, lin, "weight")
+            g.set_attr(name, "in_channels", lin)
+        out = g.new_block(cout, name)
+        per_in = lin
+    elif groups == cin:  # depthwise (channel multiplier cout // cin)
+        if lin is None:
+            ctx.graph.add_macs(_conv_macs(ctx.result, m), [], name)
+            return (None,) * ctx.result.dim()
+        out = np.repeat(lin, cout // cin)
+        g.set_attr(name, "in_channels", lin)
+        g.set_attr(name, "groups", lin)
+        per_in = None
+    else:  # grouped: every group loses the same positions, the group count stays
+        per_in = None
+        if lin is not None:
+            grid = lin.reshape(groups, cin // groups)
+            g.unify(grid, grid[:1])
+            per_in = grid[0]
+            g.attach(w, 1, per_in, "weight")
+            g.set_attr(name, "in_channels", np.tile(per_in, groups))
+        out = np.tile(g.new_block(cout // groups, name), groups)
+    g.attach(w, 0, out, "weight")
+    if m.bias is not None:
+        g.attach(b, 0, out, "bias")
+    g.set_attr(name, "out_channels", out)
+    g.add_macs(_conv_macs(ctx.result, m), [out, per_in], name)
+    g.layer_inputs[name] = tuple(x.shape)
+    return tl[:cd] + (out,) + (None,) * n_sp
+
+
+def _conv_macs(out: torch.Tensor, m: nn.Module) -> int:
+    return out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+
+@register_module_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _conv_transpose(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    x = ctx.val(ctx.node.args[0])
+    tl = ctx.tl(ctx.node.args[0])
+    n_sp = len(m.kernel_size)
+    cd = _channel_dim(x, n_sp)
+    g = ctx.graph
+    if m.groups != 1 or len(ctx.node.args) > 1:
+        return _unknown(ctx, "grouped ConvTranspose or explicit output_size")
+    lin = tl[cd]
+    w = f"{name}.weight"
+    if lin is not None:
+        g.attach(w, 0, lin, "weight")
+        g.set_attr(name, "in_channels", lin)
+    out = g.new_block(m.out_channels, name)
+    g.attach(w, 1, out, "weight")
+    if m.bias is not None:
+        g.attach(f"{name}.bias", 0, out, "bias")
+    g.set_attr(name, "out_channels", out)
+    g.add_macs(x.numel() * m.out_channels * math.prod(m.kernel_size), [out, lin], name)
+    g.layer_inputs[name] = tuple(x.shape)
+    return tl[:cd] + (out,) + (None,) * n_sp
+
+
+@register_module_rule(nn.Linear)
+def _linear(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    x = ctx.val(ctx.node.args[0])
+    tl = ctx.tl(ctx.node.args[0])
+    g = ctx.graph
+    lin = tl[-1]
+    if lin is not None:
+        g.attach(f"{name}.weight", 1, lin, "weight")
+        g.set_attr(name, "in_features", lin)
+    out = g.new_block(m.out_features, name)
+    g.attach(f"{name}.weight", 0, out, "weight")
+    if m.bias is not None:
+        g.attach(f"{name}.bias", 0, out, "bias")
+    g.set_attr(name, "out_features", out)
+    g.add_macs(ctx.result.numel() * m.in_features, [out, lin], name)
+    g.layer_inputs[name] = tuple(x.shape)
+    return tl[:-1] + (out,)
+
+
+@register_module_rule(nn.Embedding)
+def _embedding(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    out = ctx.graph.new_block(m.embedding_dim, name)
+    ctx.graph.attach(f"{name}.weight", 1, out, "weight")
+    ctx.graph.set_attr(name, "embedding_dim", out)
+    return ctx.tl(ctx.node.args[0]) + (out,)
+
+
+@register_module_rule(
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+def _batchnorm(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    x = ctx.val(ctx.node.args[0])
+    tl = ctx.tl(ctx.node.args[0])
+    if x.dim() < 2:
+        return _unknown(ctx, "unbatched normalisation")
+    lab = tl[1]
+    if lab is not None:
+        for pname, kind in (("weight", "norm"), ("bias", "bias"), ("running_mean", "stat"),
+                            ("running_var", "stat")):
+            if getattr(m, pname, None) is not None:
+                ctx.graph.attach(f"{name}.{pname}", 0, lab, kind)
+        ctx.graph.set_attr(name, "num_features", lab)
+    return tl
+
+
+@register_module_rule(nn.GroupNorm)
+def _groupnorm(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    tl = ctx.tl(ctx.node.args[0])
+    lab = tl[1]
+    if lab is None:
+        return tl
+    # Statistics are per group: removing whole groups keeps the others exact.
+    grid = lab.reshape(m.num_groups, -1)
+    ctx.graph.unify(grid, grid[:, :1])
+    if m.affine:
+        ctx.graph.attach(f"{name}.weight", 0, lab, "norm")
+        ctx.graph.attach(f"{name}.bias", 0, lab, "bias")
+    ctx.graph.set_attr(name, "num_groups", grid[:, 0])
+    ctx.graph.set_attr(name, "num_channels", lab)
+    return tl
+
+
+@register_module_rule(nn.LayerNorm, nn.RMSNorm)
+def _layernorm(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    tl = ctx.tl(ctx.node.args[0])
+    n = len(m.normalized_shape)
+    rms = isinstance(m, nn.RMSNorm)
+    # RMSNorm over the kept channels is exact once weight and eps are rescaled (surgery);
+    # LayerNorm's mean is not, so it only shrinks when the user accepts that.
+    ok = n == 1 and tl[-1] is not None and (
+        (rms and m.weight is not None) or (not rms and ctx.graph.layer_norm == "prune")
+    )
+    if not ok:
+        why = ("layer norm statistics over the channel dim would change (kept exact; "
+               "layer_norm='prune' allows it, approximately)" if not rms else
+               "RMSNorm without weight (or over several dims) cannot be rescaled (kept)")
+        ctx.fix(list(tl[-n:]), why)
+        return tl[:-n] + (None,) * n
+    lab = tl[-1]
+    if m.weight is not None:
+        ctx.graph.attach(f"{name}.weight", 0, lab, "norm")
+    if getattr(m, "bias", None) is not None:
+        ctx.graph.attach(f"{name}.bias", 0, lab, "bias")
+    if name in ctx.graph.norms:
+        ctx.graph.unify(ctx.graph.norms[name], lab)
+    ctx.graph.norms[name] = lab
+    return tl
+
+
+@register_module_rule(nn.PReLU)
+def _prelu(ctx: _Ctx) -> Any:
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    tl = ctx.tl(ctx.node.args[0])
+    if m.num_parameters > 1:
+        if tl[1] is None:
+            return tl
+        ctx.graph.attach(f"{name}.weight", 0, tl[1], "norm")
+        ctx.graph.set_attr(name, "num_parameters", tl[1])
+    return tl
+
