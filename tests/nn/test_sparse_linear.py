@@ -190,6 +190,34 @@ def test_torch_export_traces_through_the_custom_op(fmt):
     assert_close_linear(exported.module()(x), x, sp.weight.to_dense(), sp.bias)
 
 
+@pytest.mark.parametrize("prepared", [False, True])
+def test_exported_program_validates_its_constants_once(prepared, monkeypatch):
+    """An exported program hands the op its packed constants each call (fresh copies when the
+    module was not prepared): they are validated and packed once, not per call; an in-place
+    edit of a constant is validated again (and refused when invalid)."""
+    import sparseprune
+    from sparseprune import ops
+
+    sp = SparseLinear.from_dense(_pruned_linear(), format="csr").eval()
+    if prepared:
+        sparseprune.prepare_for_compile(sp)
+    x = torch.randn(3, 96)
+    module = torch.export.export(sp, (x,)).module()
+    built = []
+    real = ops.make_weight
+    monkeypatch.setattr(ops, "make_weight", lambda *a: built.append(a) or real(*a))
+    for _ in range(4):
+        assert_close_linear(module(x), x, sp.weight.to_dense(), sp.bias)
+    assert len(built) <= 1, len(built)
+    # The program's constants are plain tensor attributes: edit col_idx (uint16) in place.
+    col_idx = [v for v in vars(module).values()
+               if isinstance(v, torch.Tensor) and v.dtype == torch.uint16]
+    assert len(col_idx) == 1
+    col_idx[0].fill_(60000)  # beyond in_features: must be refused, not read
+    with pytest.raises(ValueError, match="out of range"):
+        module(x)
+
+
 def test_one_layout_per_layer_and_bytes_reported():
     lin = _pruned_linear(k=1024, n=512, sparsity=0.9)
     for fmt in ("csr", "sell"):
