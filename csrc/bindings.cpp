@@ -349,6 +349,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("dispatch_log", &dispatch_log, "What the default plans chose, one line per format.");
 
   bind_conv(m);
+  bind_pool(m);
 
   py::class_<KernelPlan>(m, "KernelPlan", "A fixed choice of kernels for one weight format")
       .def(py::init(&make_plan), py::arg("format_id"), py::arg("names"))

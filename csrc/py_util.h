@@ -41,4 +41,7 @@ inline bool any_nonfinite(const float* x, int64_t rows, int64_t cols, int64_t ld
 // Registers ConvPlan and conv2d (conv/conv_bindings.cpp).
 void bind_conv(py::module_& m);
 
+// Registers max_pool2d and list_pool_kernels (pool/pool_bindings.cpp).
+void bind_pool(py::module_& m);
+
 }  // namespace sparseprune

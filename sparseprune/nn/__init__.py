@@ -3,5 +3,6 @@
 from .conv import SparseConv2d
 from .linear import SparseLinear
 from .packed import PackedModule
+from .pool import MaxPool2d, list_pool_kernels
 
-__all__ = ["PackedModule", "SparseConv2d", "SparseLinear"]
+__all__ = ["MaxPool2d", "PackedModule", "SparseConv2d", "SparseLinear", "list_pool_kernels"]
