@@ -12,7 +12,8 @@
 // (c, dy % stride_h, dx % stride_w) shifted by (dy / stride_h) rows and (dx / stride_w) columns:
 // stride, padding and dilation all become offsets. Output pixel p = oh * wq + ow; columns
 // ow >= OW are junk (dropped when copied out), which is what makes every tap one contiguous run.
-// A 1x1 convolution with stride 1 and no padding reads x itself (direct): xq is x, wq = W.
+// A 1x1 convolution with stride 1 and no padding whose H * W is a whole number of tiles reads
+// x itself (direct): xq is x, wq = W.
 //
 // Units: elements (floats, taps), never bytes.
 #pragma once

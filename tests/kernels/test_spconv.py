@@ -153,7 +153,9 @@ class ConvCase:
 
 # Named edge cases every row must pass.
 EDGE_CASES = {
-    "direct_1x1": ConvCase(n=2, c=16, h=9, w=9, o=24, k=(1, 1)),  # reads x as is
+    # reads x as is (256 pixels: whole tiles of every row's width)
+    "direct_1x1": ConvCase(n=2, c=16, h=16, w=16, o=24, k=(1, 1)),
+    "1x1_partial_tile": ConvCase(n=2, c=16, h=9, w=9, o=24, k=(1, 1)),  # copied: not direct
     "direct_1x1_h1w1": ConvCase(n=3, c=5, h=1, w=1, o=7, k=(1, 1), sparsity=0.0),
     "direct_1x1_long": ConvCase(n=1, c=3, h=1, w=300, o=5, k=(1, 1), sparsity=0.0),
     "1x1_stride2": ConvCase(n=1, c=6, h=9, w=8, o=5, k=(1, 1), stride=(2, 2)),
@@ -285,6 +287,7 @@ def test_edge_cases_cover_what_they_claim():
         return ops.make_conv_plan(CSR.from_dense(w.reshape(case.o, -1)).native, case.spec)
 
     assert plan(EDGE_CASES["direct_1x1"]).direct
+    assert not plan(EDGE_CASES["1x1_partial_tile"]).direct
     assert not plan(EDGE_CASES["1x1_stride2"]).direct
     assert not plan(EDGE_CASES["1x1_padded"]).direct
     assert plan(EDGE_CASES["channel_blocks"]).channel_blocks > 1
