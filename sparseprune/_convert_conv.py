@@ -79,3 +79,38 @@ def _cost(module: nn.Conv2d, cands: Sequence[_choose.Candidate], keep: torch.Ten
                     batch_of=_batch_of, context=_context, cost=_cost, accepts=_accepts)
 def _conv_to_sparse(module: nn.Conv2d, name: str, cand: _choose.Candidate) -> nn.Module:
     return SparseConv2d.from_dense(module, format=cand.format, params=cand.params, name=name)
+
+
+def foldable_pairs(model: nn.Module, names: list[str]) -> dict[str, str]:
+    """{conv name: eval-mode BatchNorm2d name} that can fold into the packed conv."""
+    # Imported here: the fx machinery is only needed when a model has BatchNorms to fold.
+    from .structured.fold import conv_bn_pairs
+    from .structured.graph import StructuredTraceError
+
+    if not any(isinstance(m, nn.BatchNorm2d) and not m.training for m in model.modules()):
+        return {}
+    try:
+        pairs = conv_bn_pairs(model, prune_masks_ok=True)
+    except StructuredTraceError:
+        return {}  # untraceable: nothing is known to be safe to fold
+    return {c: b for c, b in pairs.items()
+            if c in names and type(model.get_submodule(c)) is nn.Conv2d
+            and isinstance(model.get_submodule(b), nn.BatchNorm2d)
+            and not model.get_submodule(b).training}
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A plain conv computing bn(conv(x)) in eval mode, from the conv's effective (masked)
+    weight: pruned zeros stay zeros (each output channel is only scaled)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    weight = effective_weight(conv).to(torch.float32)
+    bias = conv.bias.detach().to(torch.float32) if conv.bias is not None else None
+    w, b = fuse_conv_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps,
+                                bn.weight, bn.bias)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, conv.groups, True, conv.padding_mode)
+    with torch.no_grad():
+        out.weight.copy_(torch.where(weight == 0, torch.zeros(()), w.detach()))
+        out.bias.copy_(b.detach())
+    return out.eval()

@@ -12,9 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import choose as _choose
+from ._convert_report import ConvertReport, LayerReport, plan_note
 from ._modules import deepcopy_model
-from ._weights import effective_weight
+from ._weights import effective_weight, fold_masks
 from .nn import SparseLinear
+from .pruning.masks import masked_tensors
+from .pruning.report import PLAN_ATTR, planned
+from .pruning.scope import ATTENTION_PARAMS
 
 __all__ = ["convert", "ConvertReport", "LayerReport", "register_converter"]
 
@@ -78,63 +82,6 @@ def _linear_to_sparse(module: nn.Module, name: str, cand: _choose.Candidate) -> 
     return SparseLinear.from_dense(module, format=cand.format, params=cand.params, name=name)
 
 
-@dataclass(frozen=True)
-class LayerReport:
-    """What ``convert`` did with one layer: ``format`` is set when replaced, else ``reason``.
-
-    ``speedup`` is the measured ratio vs dense of the chosen format (worst over the batch sizes),
-    ``how`` says where the choice came from ("measured", "cached", "cost model"), ``nbytes`` /
-    ``dense_bytes`` are the run-time bytes of the packed and the dense weight.
-    """
-
-    name: str
-    type: str
-    shape: tuple[int, ...]
-    sparsity: float
-    format: str | None
-    reason: str = ""
-    speedup: float | None = None
-    how: str = ""
-    nbytes: int = 0
-    dense_bytes: int = 0
-    measured: tuple[tuple[str, float], ...] = ()
-    folded: str = ""  # the BatchNorm folded into this layer's packed weight, if any
-
-
-@dataclass(frozen=True)
-class ConvertReport:
-    """Per-layer outcome of ``convert``, printable as a table."""
-
-    layers: tuple[LayerReport, ...]
-
-    @property
-    def converted(self) -> list[LayerReport]:
-        return [r for r in self.layers if r.format is not None]
-
-    @property
-    def skipped(self) -> list[LayerReport]:
-        return [r for r in self.layers if r.format is None]
-
-    def __str__(self) -> str:
-        head = (f"{'layer':<28} {'type':<8} {'shape':<12} {'sparsity':>8} {'bytes':>9} "
-                f"{'of dense':>8} {'speed':>6}  result")
-        lines = [head, "-" * len(head)]
-        for r in self.layers:
-            shape = "x".join(str(s) for s in r.shape)
-            result = r.format if r.format is not None else f"dense: {r.reason}"
-            if r.how:
-                result += f" ({r.how})"
-            if r.folded:
-                result += f" + {r.folded} folded"
-            speed = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
-            frac = f"{r.nbytes / r.dense_bytes:.1%}" if r.format and r.dense_bytes else "-"
-            nbytes = f"{r.nbytes:,}" if r.format else f"{r.dense_bytes:,}"
-            lines.append(f"{r.name or '(root)':<28} {r.type:<8} {shape:<12} {r.sparsity:>8.3f} "
-                         f"{nbytes:>9} {frac:>8} {speed:>6}  {result}")
-        lines.append(f"{len(self.converted)} converted, {len(self.skipped)} kept dense")
-        return "\n".join(lines)
-
-
 def _matches(name: str, patterns: list[str]) -> list[str]:
     return [p for p in patterns if name == p or fnmatch.fnmatchcase(name, p)]
 
@@ -177,8 +124,8 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             exclude: Iterable[str] | None = None, inplace: bool = False,
             example_inputs: tuple | torch.Tensor | None = None,
             batch_sizes: Iterable[int] | None = None, formats: str | Iterable[str] = "auto",
-            min_speedup: float = 1.0, cache: bool = True, fold_batchnorm: bool = True
-            ) -> tuple[nn.Module, ConvertReport]:
+            min_speedup: float = 1.0, cache: bool = True, fold_batchnorm: bool = True,
+            fold_prune_masks: bool = True) -> tuple[nn.Module, ConvertReport]:
     """Replaces eligible layers (``nn.Linear``, ``nn.Conv2d``, plain or carrying prune masks)
     by packed ones (``SparseLinear``, ``SparseConv2d``).
 
@@ -211,9 +158,16 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             ``nn.Identity``; pairs found with ``torch.fx`` under the same safety checks as
             ``sparseprune.structured.fold_batchnorm``; an untraceable model folds nothing).
             False keeps every BatchNorm.
+        fold_prune_masks: make every ``torch.nn.utils.prune`` mask of the returned model
+            permanent, on every module type (layers kept dense, BatchNorm, Embedding,
+            attention): no forward pre-hook recomputes ``weight = weight_orig * weight_mask``
+            on each call any more (on a pruned ResNet-18 the hooks alone cost ~8 %). False
+            keeps the masks on the layers that stay dense (e.g. to fine-tune them further).
+            With ``inplace=False`` the model passed in keeps its masks either way.
 
     Returns:
-        (the converted model, a ``ConvertReport`` with one row per candidate layer).
+        (the converted model, a ``ConvertReport`` with one row per candidate layer and per
+        pruned tensor that has no packed form, e.g. ``nn.MultiheadAttention``'s projections).
     """
     if not 0.0 <= float(min_sparsity) <= 1.0:
         raise ValueError(f"convert: min_sparsity must be in [0, 1], got {min_sparsity}")
@@ -235,6 +189,8 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
     if include is not None:
         _check_patterns("include", include, names)
     _check_patterns("exclude", exclude, names)
+    others = _unconvertible(model, {id(m) for _, m in candidates})
+    folded = fold_masks(model) if fold_prune_masks else []
 
     captured: dict[int, torch.Tensor] = {}
     if example_inputs is not None:
@@ -242,7 +198,7 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             example_inputs = (example_inputs,)
         captured = _capture_inputs(model, [m for _, m in candidates], tuple(example_inputs))
 
-    pairs = _foldable_pairs(model, names) if fold_batchnorm else {}
+    pairs = _convert_conv.foldable_pairs(model, names) if fold_batchnorm else {}
 
     rows = []
     replaced_root = None
@@ -251,8 +207,9 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
         weight = effective_weight(module)
         numel = weight.numel()
         sparsity = float((weight == 0).sum()) / numel if numel else 1.0
+        plan = planned(module)
         row = dict(name=name, type=type(module).__name__, shape=tuple(weight.shape),
-                   sparsity=sparsity, dense_bytes=numel * 4)
+                   sparsity=sparsity, dense_bytes=numel * 4, plan=plan[1] if plan else "")
         reason = None
         if include is not None and not _matches(name, include):
             reason = "not in include"
@@ -264,6 +221,8 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
             reason = "empty weight"
         elif sparsity < min_sparsity:
             reason = f"sparsity {sparsity:.3f} < min_sparsity {min_sparsity}"
+            note = plan_note(row["plan"], plan[0] if plan else None)
+            reason += f" ({note})" if note else ""
         if reason is not None:
             rows.append(LayerReport(**row, format=None, reason=reason))
             continue
@@ -272,7 +231,7 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
         if done is None:
             source = module
             if bn_name:
-                source = _fold_bn(module, model.get_submodule(bn_name))
+                source = _convert_conv.fold_bn(module, model.get_submodule(bn_name))
             done = _convert_one(source, name, weight, captured.get(id(module)), sizes, allowed,
                                 min_speedup, cache, min_sparsity)
             converted[id(module)] = done
@@ -289,41 +248,60 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
         else:
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, new)
-    return (replaced_root if replaced_root is not None else model), ConvertReport(tuple(rows))
+    order = {n: i for i, (n, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    rows = [r for _, r in sorted([(order.get(r.name, -1), r) for r in rows]
+                                 + [(order.get(owner, -1), r) for owner, r in others],
+                                 key=lambda pair: pair[0])]
+    report = ConvertReport(tuple(rows), tuple(folded), float(min_sparsity))
+    return (replaced_root if replaced_root is not None else model), report
 
 
-def _foldable_pairs(model: nn.Module, names: list[str]) -> dict[str, str]:
-    """{conv name: eval-mode BatchNorm2d name} that can fold into the packed conv."""
-    from .structured.fold import conv_bn_pairs
-    from .structured.graph import StructuredTraceError
-
-    if not any(isinstance(m, nn.BatchNorm2d) and not m.training for m in model.modules()):
-        return {}
-    try:
-        pairs = conv_bn_pairs(model, prune_masks_ok=True)
-    except StructuredTraceError:
-        return {}  # untraceable: nothing is known to be safe to fold
-    return {c: b for c, b in pairs.items()
-            if c in names and type(model.get_submodule(c)) is nn.Conv2d
-            and isinstance(model.get_submodule(b), nn.BatchNorm2d)
-            and not model.get_submodule(b).training}
+# Why an attention layer's projections stay dense whatever their sparsity.
+_ATTENTION_REASON = ("no packed form: nn.MultiheadAttention's forward reads {what} itself "
+                     "(F.multi_head_attention_forward), so a packed layer cannot sit there")
 
 
-def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A plain conv computing bn(conv(x)) in eval mode, from the conv's effective (masked)
-    weight: pruned zeros stay zeros (each output channel is only scaled)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-    weight = effective_weight(conv).to(torch.float32)
-    bias = conv.bias.detach().to(torch.float32) if conv.bias is not None else None
-    w, b = fuse_conv_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps,
-                                bn.weight, bn.bias)
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, conv.groups, True, conv.padding_mode)
-    with torch.no_grad():
-        out.weight.copy_(torch.where(weight == 0, torch.zeros(()), w.detach()))
-        out.bias.copy_(b.detach())
-    return out.eval()
+def _unconvertible(model: nn.Module, candidate_ids: set[int]) -> list[tuple[str, LayerReport]]:
+    """(owner module name, row) for each pruned tensor convert has no packed form for: the
+    projections of ``nn.MultiheadAttention``, subclasses of a converted type (their forward may
+    differ), and any other module carrying a prune mask or plan (Conv1d, BatchNorm, ...)."""
+    masked = {(id(t.module), t.param) for t in masked_tensors(model)}
+    out = []
+    parents = {id(c): m for m in model.modules() for c in m.children()}
+    for name, module in model.named_modules():
+        if id(module) in candidate_ids:
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            tensors = [(p, _ATTENTION_REASON.format(what=p)) for p in ATTENTION_PARAMS
+                       if isinstance(getattr(module, p, None), torch.Tensor)]
+        elif isinstance(parents.get(id(module)), nn.MultiheadAttention):
+            tensors = [("weight", _ATTENTION_REASON.format(what="out_proj.weight"))]
+        elif isinstance(module, tuple(_CONVERTERS)):
+            base = next(t for t in _CONVERTERS if isinstance(module, t)).__name__
+            tensors = [("weight", f"no packed form: a subclass of nn.{base} (its forward may "
+                                  f"differ; convert replaces exact nn.{base} layers only)")]
+        else:
+            params = {p for i, p in masked if i == id(module)} | set(
+                getattr(module, PLAN_ATTR, None) or {})
+            tensors = [(p, f"no packed form for {type(module).__name__}")
+                       for p in sorted(params) if isinstance(getattr(module, p, None),
+                                                             torch.Tensor)]
+        # "MHA" for attention's rows: the reason names the class, the table keeps its columns.
+        in_attention = isinstance(module, nn.MultiheadAttention) or isinstance(
+            parents.get(id(module)), nn.MultiheadAttention)
+        kind = "MHA" if in_attention else type(module).__name__
+        for param, reason in tensors:
+            weight = effective_weight(module, param)
+            numel = weight.numel()
+            plan = planned(module, param)
+            note = plan_note(plan[1], plan[0]) if plan else ""
+            label = name if param == "weight" else (f"{name}.{param}" if name else param)
+            out.append((name, LayerReport(
+                name=label, type=kind, shape=tuple(weight.shape),
+                sparsity=float((weight == 0).sum()) / numel if numel else 0.0, format=None,
+                reason=reason + (f" ({note})" if note else ""), dense_bytes=numel * 4,
+                plan=plan[1] if plan else "")))
+    return out
 
 
 def _convert_one(module, name, weight, x, sizes, allowed, min_speedup, cache, min_sparsity):
@@ -371,4 +349,4 @@ def _convert_one(module, name, weight, x, sizes, allowed, min_speedup, cache, mi
                      nbytes=new.weight.nbytes, measured=measured)
 
 
-from . import _convert_conv  # noqa: E402,F401  (registers the nn.Conv2d converter)
+from . import _convert_conv  # noqa: E402  (registers the nn.Conv2d converter)

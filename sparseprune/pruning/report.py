@@ -4,7 +4,33 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["LayerReport", "PruneReport"]
+from torch import nn
+
+__all__ = ["PLAN_ATTR", "LayerReport", "PruneReport", "planned", "record_plan"]
+
+#: Plain attribute set on every module a round planned: ``{param: (target rate, reason)}`` of
+#: its last round (reason as in :attr:`LayerReport.reason`). Not a buffer, so ``state_dict``
+#: and the ``torch.nn.utils.prune`` reparametrization are untouched; ``convert`` reads it to
+#: say why a layer it keeps dense is not sparser (e.g. "protected (last linear, x0.5)").
+PLAN_ATTR = "_sparseprune_plan"
+
+
+def record_plan(module: nn.Module, param: str, target: float, reason: str) -> None:
+    """Records ``module.<param>``'s rate and reason of this round (see :data:`PLAN_ATTR`)."""
+    # A new dict each time: a deep copy made between rounds must not see later rounds.
+    plans = dict(getattr(module, PLAN_ATTR, None) or {})
+    plans[param] = (float(target), str(reason))
+    setattr(module, PLAN_ATTR, plans)
+
+
+def planned(module: nn.Module, param: str = "weight") -> tuple[float, str] | None:
+    """``(target rate, reason)`` of the last prune round that planned ``module.<param>``."""
+    plans = getattr(module, PLAN_ATTR, None)
+    entry = plans.get(param) if isinstance(plans, dict) else None
+    if (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], float)
+            and isinstance(entry[1], str)):
+        return entry
+    return None  # absent, or set by someone else: only a hint, never trusted blindly
 
 
 @dataclass(frozen=True)
@@ -113,9 +139,13 @@ class PruneReport:
             lines.append(f"protected: {', '.join(n or '<model>' for n in self.protected)}")
         if self.skipped:
             lines.append(f"skipped: {', '.join(n or '<model>' for n in self.skipped)}")
-        if self.ignored:
-            names = [n for n, _ in self.ignored]
-            shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8
-                                            else "")
+        # Modules an include glob covered by type are listed by name; anything left out for
+        # another reason (attention under a data-aware criterion) with its reason.
+        by_type = [n for n, why in self.ignored if "is not a Linear/Conv layer" in why]
+        if by_type:
+            shown = ", ".join(by_type[:8]) + (f", ... ({len(by_type)} in all)"
+                                              if len(by_type) > 8 else "")
             lines.append(f"not pruned (matched by include, not a Linear/Conv layer): {shown}")
+        lines += [f"not pruned: {n} ({why})" for n, why in self.ignored
+                  if "is not a Linear/Conv layer" not in why]
         return "\n".join(line.rstrip() for line in lines)

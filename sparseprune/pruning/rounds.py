@@ -20,7 +20,7 @@ from .calibration import LossFn, activation_norms, input_hessians, mean_gradient
 from .criteria import Context, Criterion, get_criterion, requirements
 from .masks import Target, apply_mask, current_mask, effective_weight, trainable
 from .patterns import OnIndivisible, Pattern, parse_pattern
-from .report import LayerReport, PruneReport
+from .report import LayerReport, PruneReport, record_plan
 from .scope import (
     Global,
     LayerPlan,
@@ -49,6 +49,25 @@ def final_sparsity(sparsity: float | None, pattern: Pattern) -> float:
         raise ValueError(f"pattern {pattern} prunes exactly {fixed:g} of the weights; got "
                          f"sparsity={sparsity:g} (leave sparsity out, or use a sparser N:M)")
     return sparsity
+
+
+def _without_attention(model: nn.Module, targets: list[Target], ignored: list[tuple[str, str]],
+                       criterion: str) -> tuple[list[Target], list[tuple[str, str]]]:
+    """Drops attention projections for criteria that read a layer's input: an
+    ``nn.MultiheadAttention`` takes (query, key, value), not the one tensor a Linear sees, and
+    reads ``out_proj.weight`` itself, so its ``out_proj`` never runs as a module."""
+    in_attention = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+                    for c in m.modules()}
+    keep = [t for t in targets if id(t.module) not in in_attention]
+    ignored = ignored + [
+        (t.qualname, f"criterion {criterion!r} needs the layer's input, which "
+                     "nn.MultiheadAttention does not pass through its projections as modules "
+                     "(prune them with magnitude)")
+        for t in targets if id(t.module) in in_attention]
+    if not keep:
+        raise ValueError(f"criterion {criterion!r} has no layer to prune: it reads layer "
+                         "inputs, and the only targets are nn.MultiheadAttention projections")
+    return keep, ignored
 
 
 def _criterion_name(spec: str | Criterion) -> str:
@@ -102,6 +121,8 @@ class Setup:
             if problem is not None:
                 raise ValueError(problem)
         targets, ignored = select(model, include=include, exclude=exclude, param=param)
+        if needs & {"activations", "hessian"}:
+            targets, ignored = _without_attention(model, targets, ignored, name)
         scope_obj = get_scope(scope, pattern_obj, crit)
         if sequential is None:
             sequential = bool(getattr(crit, "sequential", False))
@@ -249,15 +270,20 @@ def run_round(setup: Setup, sparsity: float, progress: float, step: int | None) 
     for i, plan in enumerate(plans):
         target = plan.target
         kept = current_mask(target.module, target.param)
+        rate = 0.0 if i in skipped else (sparsity if plan.rate is None else plan.rate)
+        reason = skipped.get(i, plan.reason)
+        # So that convert can tell a layer kept below its threshold by protection from one the
+        # global ranking left dense.
+        record_plan(target.module, target.param, rate, reason)
         layers.append(LayerReport(
             name=target.name,
             param=target.param,
             type=type(target.module).__name__,
             shape=tuple(kept.shape),
             numel=kept.numel(),
-            target=0.0 if i in skipped else (sparsity if plan.rate is None else plan.rate),
+            target=rate,
             pruned=int((~kept).sum()),
-            reason=skipped.get(i, plan.reason),
+            reason=reason,
         ))
     dead = [f"{r.name}.{r.param}" for r in layers if r.numel and r.pruned == r.numel]
     if dead:
