@@ -48,6 +48,7 @@ class ConvertReport:
     layers: tuple[LayerReport, ...]
     folded_masks: tuple[str, ...] = ()
     min_sparsity: float = 0.5
+    native_pools: tuple[str, ...] = ()  # nn.MaxPool2d modules now run by sparseprune's kernel
 
     @property
     def converted(self) -> list[LayerReport]:
@@ -78,6 +79,11 @@ class ConvertReport:
             n = len(self.folded_masks)
             lines.append(f"prune masks folded into plain weights: {n} tensor"
                          f"{'s' if n != 1 else ''} (no prune hooks left)")
+        if self.native_pools:
+            names = ", ".join(n or "(root)" for n in self.native_pools[:4])
+            more = f" and {len(self.native_pools) - 4} more" if len(self.native_pools) > 4 else ""
+            lines.append(f"max pools on sparseprune's NCHW kernel (same results; torch's is "
+                         f"several times slower): {names}{more}")
         return "\n".join(lines)
 
     @property

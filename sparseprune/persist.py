@@ -3,12 +3,12 @@
 A file holds plain data only (it loads with ``torch.load(weights_only=True)``; nothing in it is
 run): the ``state_dict`` (CSR indices delta + varint coded, ~1 B per nonzero), the constructor
 arguments of every packed layer (``SparseLinear``, ``SparseConv2d``), the width config of
-structured pruning (channel counts, resized tensors, folded BatchNorms) and the names of modules
-that ``convert`` replaced by ``nn.Identity``. :func:`load` builds the architecture with your
-``model_factory`` (the unpruned, dense model), puts the packed layers in place from the file's
-validated packed data, resizes what structured pruning shrank, and loads the state_dict
-strictly, so every packed buffer is checked (header, sizes, index ranges) before a kernel sees
-it.
+structured pruning (channel counts, resized tensors, folded BatchNorms), the names of modules
+that ``convert`` replaced by ``nn.Identity`` and of the max pools it runs natively. :func:`load`
+builds the architecture with your ``model_factory`` (the unpruned, dense model), puts the packed
+layers in place from the file's validated packed data, resizes what structured pruning shrank,
+and loads the state_dict strictly, so every packed buffer is checked (header, sizes, index
+ranges) before a kernel sees it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .formats.base import parse_header
 from .nn import SparseConv2d, SparseLinear
 from .nn.conv import conv_pair
 from .nn.packed import _HEADER
+from .nn.pool import MaxPool2d
 from .structured.io import apply_widths, read_weights_only, width_config
 
 __all__ = ["FORMAT", "load", "save"]
@@ -80,8 +81,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
             state[prefix + "col_idx"] = encode_columns(row_ptr, state[prefix + "col_idx"])
             state[prefix + "row_ptr"] = encode_rows(row_ptr)
             compact.append(prefix)
+    pools = [name for name, m in model.named_modules() if type(m) is MaxPool2d]
     torch.save({"format": FORMAT, "packed": packed, "identity": identities, "widths": widths,
-                "compact": compact, "state_dict": state}, path)
+                "compact": compact, "native_pools": pools, "state_dict": state}, path)
 
 
 def _check_spec(name: str, spec: object, path: object) -> dict:
@@ -233,6 +235,17 @@ def load(path: str | os.PathLike, model_factory: Callable[[], nn.Module] | None 
     except RuntimeError as err:  # missing/unexpected keys, size mismatches
         raise ValueError(f"{path}: does not fit {type(model).__name__}: "
                          f"{str(err).splitlines()[0]}") from None
+    pools = data.get("native_pools", [])
+    if not isinstance(pools, list) or not all(isinstance(n, str) for n in pools):
+        raise ValueError(f"{path}: 'native_pools' must list module names")
+    for name in pools:  # the pools convert() ran natively run so again
+        try:
+            pool = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path}: {type(model).__name__} from model_factory has no "
+                             f"module {name!r}") from None
+        if type(pool) is nn.MaxPool2d and not pool.return_indices:
+            model = _set(model, name, MaxPool2d.from_torch(pool))
     if identities:
         model.eval()  # BatchNorms folded into a packed conv are inference-only
     return model

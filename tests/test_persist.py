@@ -54,6 +54,7 @@ def test_cnn_with_a_folded_batchnorm_round_trips(tmp_path):
     sparseprune.save(model, path)
     loaded = sparseprune.load(path, cnn)
     assert isinstance(loaded[3], nn.Identity) and not loaded.training
+    assert [type(m).__name__ for m in loaded.modules()].count("MaxPool2d") == 0  # none in cnn()
     torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
@@ -265,3 +266,26 @@ def test_an_int_kernel_size_in_a_file_means_the_square_kernel(tmp_path):
     path = _tampered_cnn(tmp_path, lambda d, c: d["packed"][c].__setitem__("kernel_size", 3))
     loaded = sparseprune.load(path, cnn).eval()
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_native_max_pools_come_back_native(tmp_path):
+    from sparseprune.nn import MaxPool2d
+
+    def factory():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                             nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
+
+    model, _ = sparseprune.convert(factory())
+    assert type(model[2]) is MaxPool2d
+    path = tmp_path / "p.pt"
+    sparseprune.save(model, path)
+    loaded = sparseprune.load(path, factory)
+    assert type(loaded[2]) is MaxPool2d
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    data = torch.load(path, weights_only=True)
+    data["native_pools"] = ["9"]
+    torch.save(data, path)
+    with pytest.raises(ValueError, match="no module '9'"):
+        sparseprune.load(path, factory)

@@ -134,3 +134,25 @@ def test_module_contract_pickle_copy_compile_and_export():
     assert torch.equal(exported(x), want)
     with pytest.raises(TypeError, match="expected nn.MaxPool2d"):
         MaxPool2d.from_torch(nn.AvgPool2d(2))
+
+
+def test_convert_runs_plain_max_pools_natively_and_says_so():
+    import sparseprune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                          nn.Sequential(nn.MaxPool2d(2, return_indices=True))).eval()
+    model[3] = nn.MaxPool2d(2)  # nested plain pools are found too
+    x = torch.randn(2, 3, 12, 12)
+    converted, report = sparseprune.convert(model)
+    assert type(converted[2]) is MaxPool2d and type(converted[3]) is MaxPool2d
+    assert type(model[2]) is nn.MaxPool2d  # the model passed in is untouched
+    assert torch.equal(converted(x), model(x))
+    assert report.native_pools == ("2", "3") and "max pools on sparseprune's" in str(report)
+    kept, report = sparseprune.convert(model, native_pooling=False)
+    assert type(kept[2]) is nn.MaxPool2d and report.native_pools == ()
+    with_indices = nn.Sequential(nn.MaxPool2d(2, return_indices=True))
+    out, _ = sparseprune.convert(with_indices)
+    assert type(out[0]) is nn.MaxPool2d  # its indices are torch's business
+    root, report = sparseprune.convert(nn.MaxPool2d(2))
+    assert type(root) is MaxPool2d and report.native_pools == ("",)
