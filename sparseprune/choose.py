@@ -157,11 +157,26 @@ def cpu_model() -> str:
 _lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1)
+def _native_build() -> str:
+    """Size and modification time of the compiled extension: a rebuilt one (kernels changed,
+    the version string maybe not) measures again instead of trusting choices made for the old
+    kernels."""
+    from . import _C
+
+    try:
+        st = os.stat(_C.__file__)
+    except (OSError, AttributeError, TypeError):
+        return "unknown"
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
 def _cache_key(shape, keep: torch.Tensor, cands, batch_sizes, threads, context=None) -> str:
     # The mask itself (hashed), not only its sparsity: two masks of one sparsity can differ in
     # structure (and so in their candidates).
     digest = hashlib.sha1(keep.to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
-    parts = [_CACHE_VERSION, cpu_model(), ops.native_version(), ",".join(ops.cpu_info()["active"]),
+    parts = [_CACHE_VERSION, cpu_model(), ops.native_version(), _native_build(),
+             ",".join(ops.cpu_info()["active"]),
              list(shape), digest, [c.label for c in cands], list(batch_sizes), threads]
     if context is not None:  # e.g. a conv's input size, stride and padding
         parts.append(list(context))
