@@ -12,22 +12,24 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .._modules import eval_mode
+from .flops import mac_counter
 from .graph import DependencyGraph
 
 __all__ = ["CostModel", "count_macs", "count_params"]
 
 
 def count_macs(model: nn.Module, example_inputs: tuple | torch.Tensor) -> int:
-    """Multiply-accumulates of one forward on ``example_inputs`` (convs, matmuls, attention).
+    """Multiply-accumulates of one forward on ``example_inputs`` (convs, matmuls, einsum,
+    attention: ``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention`` included).
 
-    Counted with ``torch.utils.flop_counter`` (FLOPs / 2), in eval mode without gradients.
+    Counted with ``torch.utils.flop_counter`` (FLOPs / 2), in eval mode without gradients, with
+    ``nn.MultiheadAttention``'s fused path off (see ``flops.py``).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with eval_mode(model), torch.no_grad(), mac_counter() as counter:
         model(*example_inputs)
     return int(counter.get_total_flops() // 2)
 

@@ -23,7 +23,8 @@ import torch.fx as fx
 from torch import nn
 
 from .._modules import eval_mode
-from .interpreter import LabelInterpreter
+from .flops import mac_counter
+from .interpreter import LabelInterpreter, has_name_rule
 from .labels import FIXED, AtomTable
 from .records import _CostItem
 
@@ -118,10 +119,12 @@ class DependencyGraph:
 
     # ---- building blocks used by the op rules -------------------------------------------------
 
-    def new_block(self, n: int, owner: str, *, param: bool = False) -> np.ndarray:
+    def new_block(self, n: int, owner: str, *, param: bool = False, tile: int = 1) -> np.ndarray:
         """Fresh atoms for ``n`` channels produced by ``owner`` (``param``: a dim of a free
-        parameter such as a position embedding, not a layer's output)."""
-        atoms = self.atoms.new(n)
+        parameter such as a position embedding, not a layer's output), repeated ``tile`` times:
+        a grouped conv's ``n * tile`` outputs, where position ``i`` of every group is one unit.
+        Returns int64 ``[n * tile]``."""
+        atoms = np.tile(self.atoms.new(n), tile)
         self.producers.append((owner, atoms))
         if param:
             self._param_atoms.update(atoms.tolist())
@@ -149,8 +152,10 @@ class DependencyGraph:
         else:
             self.fix(np.concatenate([old, atoms]), module, module, f"{attr} used with two widths")
 
-    def fix(self, atoms: np.ndarray | None, node: str, module: str | None, why: str) -> None:
-        """Pin ``atoms`` (their channels are kept) and record why."""
+    def fix(self, atoms: np.ndarray | None, node: str, module: str | None, why: str, *,
+            report_params: bool = False) -> None:
+        """Pin ``atoms`` (their channels are kept) and record why (``report_params``: also
+        when they are only dims of free parameters)."""
         if atoms is None or np.size(atoms) == 0:
             return
         roots = np.unique(self.atoms.roots(np.unique(atoms)))
@@ -161,7 +166,7 @@ class DependencyGraph:
             self.atoms.union(r, FIXED)
         # Dims of free parameters that never met a channel (a position embedding's token dim)
         # are not channels: pin them silently.
-        lone = [r for r in free if r in self._param_atoms]
+        lone = [] if report_params else [r for r in free if r in self._param_atoms]
         if len(lone) < free.size:
             self.unprunable.append(Unprunable(node, module, why, int(free.size - len(lone))))
 
@@ -254,6 +259,8 @@ class _Tracer(fx.Tracer):
             return True
         if isinstance(m, nn.MultiheadAttention):  # also HeadPrunedMultiheadAttention
             return True
+        if has_name_rule(m):  # e.g. StochasticDepth, whose body fx would inline or wrap
+            return True
         return super().is_leaf_module(m, qualname)
 
 
@@ -297,10 +304,14 @@ def trace(
     example_inputs = tuple(example_inputs)
     if layer_norm not in ("keep", "prune"):
         raise ValueError(f"layer_norm must be 'keep' or 'prune'; got {layer_norm!r}")
-    gm = symbolic_trace(model, leaf_modules)
     graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm)
     with eval_mode(model), torch.no_grad():
+        # traced in eval mode: `self.training` branches (dropout, stochastic depth) take the
+        # inference path the pruned model is checked on
+        gm = symbolic_trace(model, leaf_modules)
         gm.eval()  # its submodules are the model's: restored with them
-        LabelInterpreter(gm, graph, protect_output=protect_output).run(*example_inputs)
+        with mac_counter() as counter:  # MACs of the ops no rule costs (see the interpreter)
+            LabelInterpreter(gm, graph, protect_output=protect_output,
+                             flops=counter.get_total_flops).run(*example_inputs)
     graph.finalize()
     return graph

@@ -9,19 +9,39 @@ along the MRO, by function object, by method name), records what the rules pin o
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 
+from .labels import FIXED
 from .records import _CostItem
-from .rules import FUNCTION_RULES, METHOD_RULES, MODULE_RULES
+from .rules import FUNCTION_RULES, METHOD_RULES, MODULE_NAME_RULES, MODULE_RULES
 from .rules.core import _Ctx, _flat, _int_arith, _none_labels, _unknown
 
 if TYPE_CHECKING:  # type hints only: the graph imports this module
     from .graph import DependencyGraph
 
-__all__ = ["LabelInterpreter"]
+__all__ = ["LabelInterpreter", "module_rule"]
+
+
+def module_rule(m: torch.nn.Module):
+    """The rule for module ``m``: by type along the MRO, then by class name; None if neither."""
+    for t in type(m).__mro__:
+        if t in MODULE_RULES:
+            return MODULE_RULES[t]
+    for t in type(m).__mro__:
+        if t.__name__ in MODULE_NAME_RULES:
+            return MODULE_NAME_RULES[t.__name__]
+    return None
+
+
+def has_name_rule(m: torch.nn.Module) -> bool:
+    """Whether ``m`` is handled by a rule keyed by class name (the tracer keeps it a leaf)."""
+    return any(t.__name__ in MODULE_NAME_RULES for t in type(m).__mro__) and not any(
+        t in MODULE_RULES for t in type(m).__mro__)
 
 
 # ---- driver -------------------------------------------------------------------------------------
@@ -33,19 +53,39 @@ _INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 class LabelInterpreter(fx.Interpreter):
     """Runs the traced graph on real inputs and labels every node's result."""
 
-    def __init__(self, gm: fx.GraphModule, graph: DependencyGraph, *, protect_output: bool):
+    def __init__(self, gm: fx.GraphModule, graph: DependencyGraph, *, protect_output: bool,
+                 flops: Callable[[], int] | None = None):
+        """``flops``: FLOPs counted so far by an active ``FlopCounterMode`` (``flops.py``)."""
         super().__init__(gm)
         self.dep = graph
         self.protect_output = protect_output
+        self._flops = flops or (lambda: 0)
         self.node_labels: dict[fx.Node, Any] = {}
+        self._flowed: list[np.ndarray] = []  # labels of every op result (not get_attr)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().run(*args, **kwargs)
+        self._pin_dropped_params()
+        return out
 
     def run_node(self, n: fx.Node) -> Any:
+        flops_before = self._flops()
         result = super().run_node(n)
+        flops = self._flops() - flops_before
         ctx = _Ctx(n, self.dep, self.env, self.node_labels, result)
         macs_before = len(self.dep.macs_items)
         labels = self._label(ctx)
         self.node_labels[n] = labels
-        if len(self.dep.macs_items) == macs_before:  # MAC ops are costed by their MACs
+        if n.op != "get_attr":
+            self._flowed.extend(a for a in _flat(labels) if isinstance(a, np.ndarray))
+        if len(self.dep.macs_items) > macs_before:  # the rule costed its MACs
+            return result
+        if flops > 0:
+            # An op with MACs that no rule models (F.conv2d, addmm, an unsupported leaf module):
+            # its measured MACs are charged as a constant, so that the plan's MAC total agrees
+            # with count_macs (exact when, as for ops without a rule, its inputs were pinned).
+            self.dep.add_macs(flops / 2, [], ctx.module_name)
+        else:
             self._memory_item(ctx, labels)
         return result
 
@@ -92,10 +132,10 @@ class LabelInterpreter(fx.Interpreter):
             return None
         if n.op == "call_module":
             mod = self.dep.model.get_submodule(str(n.target))
-            for t in type(mod).__mro__:
-                if t in MODULE_RULES:
-                    return MODULE_RULES[t](ctx)
-            return _unknown(ctx, f"module {type(mod).__name__} is not supported")
+            rule = module_rule(mod)
+            if rule is None:
+                return _unknown(ctx, f"module {type(mod).__name__} is not supported")
+            return rule(ctx)
         if n.op == "call_function":
             rule = FUNCTION_RULES.get(n.target)
             if rule is None and not _has_tensor(ctx.result) and not _has_tensor(ctx.val(n.args)):
@@ -105,6 +145,31 @@ class LabelInterpreter(fx.Interpreter):
         if rule is None:
             return _unknown(ctx)
         return rule(ctx)
+
+    def _pin_dropped_params(self) -> None:
+        """Pin the dims of ``get_attr`` parameters that no op result carries and no rule pinned.
+
+        Such a dim was read by a rule that neither coupled it to a channel nor kept it (a rule
+        that missed an argument); pruning it would cut the parameter alone, and the pruned model
+        would fail at ``apply()``. Pinning it here names the op in the plan instead.
+        """
+        roots = self.dep.atoms.all_roots()
+        seen = np.zeros(len(roots), dtype=bool)
+        for atoms in self._flowed:
+            seen[roots[atoms]] = True
+        for n, labels in self.node_labels.items():
+            if n.op != "get_attr" or not n.users or not isinstance(labels, tuple):
+                continue
+            for d, atoms in enumerate(labels):
+                if atoms is None:
+                    continue
+                r = roots[atoms]
+                dropped = (r != FIXED) & ~seen[r]
+                if dropped.any():
+                    users = ", ".join(u.name for u in n.users)
+                    self.dep.fix(atoms[dropped], users, str(n.target).rpartition(".")[0] or None,
+                                 f"parameter {n.target} (dim {d}) is used by an op whose rule "
+                                 "does not say how this dim shrinks", report_params=True)
 
     def _param_labels(self, name: str, value: Any) -> Any:
         if not isinstance(value, torch.Tensor):

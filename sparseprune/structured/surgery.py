@@ -111,7 +111,8 @@ def _shrink_norm(mod: nn.Module, kept: np.ndarray) -> None:
     if d2 == d:
         return
     mod.normalized_shape = (d2,)
-    if isinstance(mod, nn.RMSNorm) and d2 > 0:
+    rms = getattr(nn, "RMSNorm", None)  # torch >= 2.4
+    if rms is not None and isinstance(mod, rms) and d2 > 0:
         eps = mod.eps if mod.eps is not None else torch.finfo(mod.weight.dtype).eps
         mod.eps = float(eps) * d / d2
         with torch.no_grad():

@@ -2,7 +2,8 @@
 
 Each rule gets a ``_Ctx`` (node, argument values and labels, the real result) and returns the
 labels of the result. Rules are found by module type (``MODULE_RULES``), by function object
-(``FUNCTION_RULES``) or by method name (``METHOD_RULES``); an op with no rule pins every channel of
+(``FUNCTION_RULES``), by method name (``METHOD_RULES``) or, for modules of libraries not imported
+here, by class name (``MODULE_NAME_RULES``); an op with no rule pins every channel of
 its inputs and is named in the plan. ``register_module_rule`` lets users add module types.
 
 The rules are split by what they cover; importing this package registers all of them:
@@ -28,6 +29,7 @@ from .attention import HEAD_ATTRS
 from .core import (
     FUNCTION_RULES,
     METHOD_RULES,
+    MODULE_NAME_RULES,
     MODULE_RULES,
     IntDep,
     Rule,
@@ -43,6 +45,7 @@ __all__ = [
     "FUNCTION_RULES",
     "HEAD_ATTRS",
     "METHOD_RULES",
+    "MODULE_NAME_RULES",
     "MODULE_RULES",
     "IntDep",
     "LabelInterpreter",

@@ -50,9 +50,12 @@ def _multihead_attention(ctx: _Ctx) -> Any:
         why = "nn.MultiheadAttention attention weights (averaged over heads) are used"
     elif m.num_heads < 2:
         why = "nn.MultiheadAttention with one head"
-    if why is not None:
-        return _unknown(ctx, why)
     g = ctx.graph
+    if why is not None:
+        # The heads are a width of their own: pin them so that the plan names this module even
+        # when embed_dim was pinned elsewhere already.
+        ctx.fix(g.new_block(m.num_heads * m.head_dim, name), why)
+        return _unknown(ctx, why)
     tq = ctx.tl(args["query"])
     q, k, v = (ctx.val(args[a]) for a in ("query", "key", "value"))
     keep_why = "nn.MultiheadAttention keeps embed_dim (only its heads are pruned)"

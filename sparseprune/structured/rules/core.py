@@ -2,10 +2,11 @@
 
 ``_Ctx`` is what every rule gets (node, argument values and labels, the real result); ``IntDep``
 labels an int computed from tensor sizes. ``MODULE_RULES``, ``FUNCTION_RULES`` and
-``METHOD_RULES`` hold the rules by module type, function object and method name; the other files
-of this package fill them on import. ``_unknown`` (pin everything, name the op in the plan),
-``_broadcast``/``_broadcast_dim`` (couple the dims of broadcast operands) and ``_int_arith``
-(size arithmetic) are used by rules of several kinds and by the interpreter.
+``METHOD_RULES`` hold the rules by module type, function object and method name, and
+``MODULE_NAME_RULES`` by class name (duck typing); the other files of this package fill them on
+import. ``_unknown`` (pin everything, name the op in the plan), ``_broadcast``/``_broadcast_dim``
+(couple the dims of broadcast operands) and ``_int_arith`` (size arithmetic) are used by rules of
+several kinds and by the interpreter.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # type hints only: the graph imports the interpreter, which i
 __all__ = [
     "FUNCTION_RULES",
     "METHOD_RULES",
+    "MODULE_NAME_RULES",
     "MODULE_RULES",
     "IntDep",
     "Rule",
@@ -111,6 +113,10 @@ def _none_labels(value: Any) -> Any:
 
 Rule = Callable[[_Ctx], Any]
 MODULE_RULES: dict[type, Rule] = {}
+# Rules by class name, for modules of libraries we do not import (torchvision's StochasticDepth,
+# timm's DropPath): the rule checks the attributes it relies on (duck typing). Such modules are
+# traced as leaves so that the rule, not their inlined or fx-wrapped body, decides.
+MODULE_NAME_RULES: dict[str, Rule] = {}
 FUNCTION_RULES: dict[Any, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 
@@ -130,6 +136,7 @@ def _registrar(table: dict) -> Callable[..., Callable[[Rule], Rule]]:
 
 
 _module_rule = _registrar(MODULE_RULES)
+_module_name_rule = _registrar(MODULE_NAME_RULES)
 _function_rule = _registrar(FUNCTION_RULES)
 _method_rule = _registrar(METHOD_RULES)
 

@@ -12,6 +12,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 
 from .core import (
@@ -71,6 +72,8 @@ for _m in _ELEMENTWISE_METHODS:
 def _reduce(ctx: _Ctx) -> Any:
     x = ctx.node.args[0]
     v, tl = ctx.val(x), ctx.tl(x)
+    if isinstance(ctx.val(ctx.arg(1, "other")), torch.Tensor):
+        return _elementwise(ctx)  # torch.max(a, b) / a.min(b): elementwise maximum / minimum
     dim = ctx.val(ctx.arg(1, "dim"))
     keep = bool(ctx.val(ctx.node.kwargs.get("keepdim", False)))
     if len(ctx.node.args) > 2 and isinstance(ctx.node.args[2], bool):
@@ -119,12 +122,51 @@ def _normalize(ctx: _Ctx) -> Any:
 
 @_function_rule(F.layer_norm)
 def _f_layer_norm(ctx: _Ctx) -> Any:
+    """``F.layer_norm(x, normalized_shape, weight, bias, eps)``, e.g. torchvision's
+    ``LayerNorm2d.forward`` (fx records weight and bias as keywords there).
+
+    With ``layer_norm="prune"`` the width shrinks when the calling module is a LayerNorm that
+    owns ``weight``/``bias`` and whose ``normalized_shape`` is read at run time (the surgery
+    rewrites it); otherwise the channels and the affine parameters are kept.
+    """
     shape = ctx.val(ctx.arg(1, "normalized_shape"))
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     tl = ctx.tl(ctx.node.args[0])
     n = len(shape)
-    ctx.fix([*tl[-n:], *(ctx.tl(a) for a in ctx.node.args[2:4])],
-             "layer norm statistics over the channel dim would change (kept exact)")
+    affine = [a for a in (ctx.arg(2, "weight"), ctx.arg(3, "bias")) if a is not None]
+    owner = _norm_owner(ctx, shape, affine)
+    if n == 1 and tl[-1] is not None and owner is not None and ctx.graph.layer_norm == "prune":
+        lab = tl[-1]
+        for a in affine:
+            ctx.graph.unify(ctx.tl(a)[0], lab)
+            att = ctx.graph.attachments.get((str(a.target), 0))
+            if att is not None:  # scored like nn.LayerNorm's weight, not as a conv weight
+                att.kind = "norm" if a.target.endswith("weight") else "bias"
+        if owner in ctx.graph.norms:
+            ctx.graph.unify(ctx.graph.norms[owner], lab)
+        ctx.graph.norms[owner] = lab
+        return tl
+    why = ("layer norm statistics over the channel dim would change (kept exact; "
+           "layer_norm='prune' allows it, approximately)" if owner is not None else
+           "F.layer_norm outside a LayerNorm module that owns its weight (width kept)")
+    ctx.fix([*tl[-n:], *(ctx.lab(a) for a in affine)], why)
     return tl[:-n] + (None,) * n
+
+
+def _norm_owner(ctx: _Ctx, shape: tuple, affine: list) -> str | None:
+    """Name of the module whose forward called ``F.layer_norm`` when it is a LayerNorm-like
+    module (``normalized_shape`` equal to ``shape``) and ``affine`` are its own parameters."""
+    name = ctx.module_name
+    if name is None:
+        return None
+    m = ctx.graph.model.get_submodule(name)
+    if tuple(getattr(m, "normalized_shape", ())) != shape:
+        return None
+    for a in affine:
+        if not (isinstance(a, fx.Node) and a.op == "get_attr"
+                and str(a.target) in (f"{name}.weight", f"{name}.bias")):
+            return None
+    return name
 
 
 # ---- spatial ops: pooling, interpolation --------------------------------------------------------
@@ -214,3 +256,41 @@ def _f_linear(ctx: _Ctx) -> Any:
     ctx.graph.add_macs(ctx.result.numel() * ctx.val(w).shape[1], [out, k], ctx.module_name)
     return tx[:-1] + (out,)
 
+
+
+@_function_rule(torch.einsum)
+def _einsum(ctx: _Ctx) -> Any:
+    """``torch.einsum(eq, a, b, ...)``: a letter shared by operands couples their dims (a summed
+    letter is a contraction, like matmul's inner dim); a letter summed within one operand is a
+    reduction. Two-operand MACs are the product of all letter sizes (what FlopCounterMode
+    counts); other forms are costed by the interpreter's measurement."""
+    eq, *ops = ctx.node.args
+    if len(ops) == 1 and isinstance(ops[0], (tuple, list)):
+        ops = list(ops[0])
+    vals = [ctx.val(o) for o in ops]
+    eq = eq.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if "." in eq or len(terms) != len(vals) or not all(isinstance(v, torch.Tensor) for v in vals):
+        return _unknown(ctx, "einsum with '...' or non-tensor operands")
+    if not arrow:  # implicit output: the letters used once, in alphabetical order
+        rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    entries: dict[str, list] = {}
+    for term, v, tl in zip(terms, vals, (ctx.tl(o) for o in ops), strict=True):
+        for d, c in enumerate(term):
+            entries.setdefault(c, []).append((v.shape[d], tl[d], term))
+    labels, sizes = {}, {}
+    for c, ent in entries.items():
+        sizes[c] = max(s for s, _, _ in ent)
+        users = {t for s, _, t in ent if s == sizes[c]}
+        if c not in rhs and len(users) == 1:  # summed away inside one operand
+            ctx.fix([lab for _, lab, _ in ent], "einsum sums over a channel dim")
+            labels[c] = None
+            continue
+        labels[c] = _broadcast_dim(ctx, [(s, lab) for s, lab, _ in ent], sizes[c], 0)
+    if len(vals) == 2:
+        macs = 1
+        for c in sizes:
+            macs *= sizes[c]
+        ctx.graph.add_macs(macs, list(labels.values()), ctx.module_name)
+    return tuple(labels[c] for c in rhs)

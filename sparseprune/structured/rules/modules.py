@@ -1,6 +1,7 @@
-"""Module rules (``call_module``): activations and dropout (pass-through), pooling and padding,
-``nn.Flatten``, ``nn.Softmax``, convolutions, ``nn.Linear``, ``nn.Embedding``, batch/instance/
-group/layer/RMS norms and ``nn.PReLU``. ``nn.MultiheadAttention`` is in ``attention.py``.
+"""Module rules (``call_module``): activations and dropout (pass-through), stochastic depth
+(by class name), pooling and padding, ``nn.Flatten``, ``nn.Softmax``, convolutions, ``nn.Linear``,
+``nn.Embedding``, batch/instance/group/layer/RMS norms and ``nn.PReLU``.
+``nn.MultiheadAttention`` is in ``attention.py``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import MODULE_RULES, _Ctx, _unknown, register_module_rule
+from .core import MODULE_RULES, _Ctx, _module_name_rule, _unknown, register_module_rule
 from .functional import _along_dim, _spatial
 from .shapes import _reshape
 
 __all__: list[str] = []
+
+# nn.RMSNorm is new in torch 2.4; pyproject allows torch >= 2.3.
+_RMSNorm: type | None = getattr(nn, "RMSNorm", None)
 
 # ---- modules ------------------------------------------------------------------------------------
 
@@ -34,6 +38,24 @@ for _t in (
     nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
 ):
     MODULE_RULES[_t] = _passthrough
+
+@_module_name_rule("StochasticDepth", "DropPath")
+def _stochastic_depth(ctx: _Ctx) -> Any:
+    """torchvision's ``StochasticDepth`` (``p``, ``mode`` "row"/"batch") and timm's ``DropPath``
+    (``drop_prob``): identity in eval mode; in training the input is scaled by one random factor
+    per sample (or per batch), the same for every channel, so the channels pass through."""
+    m = ctx.graph.model.get_submodule(str(ctx.node.target))
+    name = type(m).__name__
+    if name == "StochasticDepth":
+        ok = isinstance(getattr(m, "p", None), float) and getattr(m, "mode", None) in (
+            "row", "batch")
+    else:
+        ok = isinstance(getattr(m, "drop_prob", None), float)
+    if not ok:
+        return _unknown(ctx, f"module {name} does not look like stochastic depth (p and "
+                             "mode 'row'/'batch', or drop_prob)")
+    return _passthrough(ctx)
+
 
 for _t, _k in [
     (nn.MaxPool1d, 1), (nn.MaxPool2d, 2), (nn.MaxPool3d, 3), (nn.AvgPool1d, 1), (nn.AvgPool2d, 2),
@@ -95,7 +117,8 @@ def _conv(ctx: _Ctx) -> Any:
             per_in = grid[0]
             g.attach(w, 1, per_in, "weight")
             g.set_attr(name, "in_channels", np.tile(per_in, groups))
-        out = np.tile(g.new_block(cout // groups, name), groups)
+        # one unit is the same position in every group: ``groups`` channels
+        out = g.new_block(cout // groups, name, tile=groups)
     g.attach(w, 0, out, "weight")
     if m.bias is not None:
         g.attach(b, 0, out, "bias")
@@ -118,7 +141,7 @@ def _conv_transpose(ctx: _Ctx) -> Any:
     n_sp = len(m.kernel_size)
     cd = _channel_dim(x, n_sp)
     g = ctx.graph
-    if m.groups != 1 or len(ctx.node.args) > 1:
+    if m.groups != 1 or len(ctx.node.args) > 1 or ctx.node.kwargs.get("output_size") is not None:
         return _unknown(ctx, "grouped ConvTranspose or explicit output_size")
     lin = tl[cd]
     w = f"{name}.weight"
@@ -206,13 +229,13 @@ def _groupnorm(ctx: _Ctx) -> Any:
     return tl
 
 
-@register_module_rule(nn.LayerNorm, nn.RMSNorm)
+@register_module_rule(nn.LayerNorm, *([_RMSNorm] if _RMSNorm is not None else []))
 def _layernorm(ctx: _Ctx) -> Any:
     name = str(ctx.node.target)
     m = ctx.graph.model.get_submodule(name)
     tl = ctx.tl(ctx.node.args[0])
     n = len(m.normalized_shape)
-    rms = isinstance(m, nn.RMSNorm)
+    rms = _RMSNorm is not None and isinstance(m, _RMSNorm)
     # RMSNorm over the kept channels is exact once weight and eps are rescaled (surgery);
     # LayerNorm's mean is not, so it only shrinks when the user accepts that.
     ok = n == 1 and tl[-1] is not None and (

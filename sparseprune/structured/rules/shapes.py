@@ -102,13 +102,17 @@ def _unsqueeze(ctx: _Ctx) -> Any:
 def _squeeze(ctx: _Ctx) -> Any:
     x = ctx.node.args[0]
     v, tl = ctx.val(x), ctx.tl(x)
-    d = ctx.arg(1, "dim")
-    dims = [i for i in range(v.dim()) if v.shape[i] == 1] if d is None else [ctx.val(d) % v.dim()]
+    d = ctx.val(ctx.arg(1, "dim"))
+    if d is None:
+        dims = list(range(v.dim()))
+    else:  # one dim, or a tuple of dims (torch >= 2.0)
+        dims = [i % v.dim() for i in (d if isinstance(d, (tuple, list)) else [d])]
     dims = [i for i in dims if v.shape[i] == 1]
     ctx.fix([tl[i] for i in dims], "squeeze of a channel dim")
     return tuple(lab for i, lab in enumerate(tl) if i not in dims)
 
 
+@_function_rule(torch.broadcast_to)
 @_method_rule("expand", "expand_as", "broadcast_to")
 def _expand(ctx: _Ctx) -> Any:
     x = ctx.node.args[0]
@@ -118,12 +122,34 @@ def _expand(ctx: _Ctx) -> Any:
     res = [None] * lead
     for k in range(v.dim()):
         res.append(tl[k] if v.shape[k] == out.shape[lead + k] else None)
-    if ctx.node.target == "expand":
+    if ctx.node.target == "expand_as":  # the target's channels must shrink with ours
+        other = ctx.tl(ctx.arg(1, "other"))
         for k in range(v.dim()):
-            a = ctx.node.args[1 + lead + k] if len(ctx.node.args) > 1 + lead + k else -1
-            if tl[k] is not None and isinstance(a, int) and a != -1:
-                ctx.fix(tl[k], "expand to a literal channel count")
-                res[lead + k] = None
+            if res[lead + k] is not None:
+                if other[lead + k] is None:
+                    ctx.fix(res[lead + k], "expand_as a tensor whose dim cannot shrink")
+                    res[lead + k] = None
+                else:
+                    ctx.graph.unify(res[lead + k], other[lead + k])
+        return tuple(res)
+    # expand(*sizes), expand(sizes), broadcast_to(sizes): a literal channel count cannot follow
+    # the pruned width; a size read from a tensor's dim (x.size(1)) couples the two
+    sizes = list(ctx.node.args[1:]) or [ctx.node.kwargs.get("size", ctx.node.kwargs.get("shape"))]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):  # x.expand((2, 64, 8, 8))
+        sizes = list(sizes[0])
+    for k in range(v.dim()):
+        a = sizes[lead + k] if len(sizes) > lead + k else -1
+        lab = res[lead + k]
+        if lab is None or (isinstance(a, int) and a == -1):
+            continue
+        dep = ctx.lab(a)
+        if isinstance(dep, IntDep) and dep.direct and dep.atoms is not None and (
+                dep.atoms.shape == lab.shape):
+            ctx.graph.unify(lab, dep.atoms)
+            continue
+        ctx.fix(lab, "expand to a literal channel count" if isinstance(a, int) else
+                "expand to a computed channel count")
+        res[lead + k] = None
     return tuple(res)
 
 

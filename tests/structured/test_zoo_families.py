@@ -1,0 +1,107 @@
+"""Breadth: one small model per torchvision family (see zoo_models.py) at amount=0.5.
+
+Each prunes exactly (pruned == masked, output shape unchanged), removes MACs, agrees with the
+FlopCounterMode reference on MACs before and after, and refuses an unsafe op at plan time with
+node, module and reason (``apply()`` then still succeeds).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from sparseprune.structured import plan
+
+from .macs import assert_macs_agree
+from .models import MODELS, randomize_bn
+from .zoo_models import FAMILIES, ConvNeXt, LayerNorm2d, ResNeXt, randomize
+
+# MAC cut at amount=0.5 with the default floors and rounding (measured: 3.97, 4.12, 2.72, 2.72,
+# 1.62, 1.75); ConvNeXt and ViT keep their block/embedding widths (LayerNorm, exact by default).
+MIN_CUT = {"resnext": 3.5, "regnet": 3.5, "efficientnet": 2.4, "mobilenetv3": 2.4,
+           "convnext": 1.4, "vit": 1.5}
+
+# what the unsafe variant must refuse: (module, words of the reason)
+REFUSED = {
+    "resnext": ("head", "reduction over a channel dim"),
+    "regnet": ("head", "reduction over a channel dim"),
+    "efficientnet": ("head", "reduction over a channel dim"),
+    "mobilenetv3": ("head", "reduction over a channel dim"),
+    "convnext": ("features.0.1", "layer norm statistics"),
+    "vit": ("layers.0.self_attention", "attention weights"),
+}
+
+
+def _case(name: str, unsafe: bool = False, **kwargs):
+    torch.manual_seed(0)
+    factory, shape = FAMILIES[name]
+    model = randomize(factory(unsafe=unsafe))
+    x = torch.randn(shape)
+    return model, x, plan(model, x, amount=0.5, **kwargs)
+
+
+def _exact(model, x, p) -> nn.Module:
+    small = p.apply()
+    with torch.no_grad():
+        got, ref = small(x), model(x)
+        torch.testing.assert_close(got, p.masked_model()(x), atol=1e-5, rtol=1e-5)
+    assert got.shape == ref.shape
+    return small
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_prunes_exactly_and_cuts_macs(name):
+    model, x, p = _case(name)
+    small = _exact(model, x, p)
+    cut = assert_macs_agree(p, model, small, x)
+    assert cut >= MIN_CUT[name], f"{name}: MAC cut {cut:.2f}"
+    # stochastic depth passes channels through: it never pins anything
+    assert not any("StochasticDepth" in u.why or "stochastic" in u.node for u in p.unprunable)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_unsafe_op_is_refused_at_plan_time(name):
+    model, x, p = _case(name, unsafe=True)
+    module, why = REFUSED[name]
+    hits = [u for u in p.unprunable if u.module == module and why in u.why]
+    assert hits, f"{name}: no refusal of {module} ({why}) in\n{p}"
+    assert hits[0].node and hits[0].channels > 0
+    assert f"{module}): " in str(p)
+    small = _exact(model, x, p)  # refused at plan time, never at apply()
+    assert_macs_agree(p, model, small, x)
+
+
+def test_grouped_convs_shrink_every_group_alike():
+    """ResNeXt's grouped 3x3s (32 groups of 4, then of 8) shrink with the default 16-channel
+    floor and rounding: a unit is one position in every group (32 channels)."""
+    model, x, p = _case("resnext")
+    widths = {name: (b, a) for name, b, a in p.widths()}
+    assert widths["layer1.0.conv2.0"] == (128, 64)
+    assert widths["layer2.conv2.0"] == (256, 128)
+    small = p.apply()
+    conv = small.layer1[0].conv2[0]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (32, 64, 64)
+    assert conv.weight.shape == (64, 2, 3, 3)
+    assert isinstance(model, ResNeXt)
+
+
+def test_convnext_width_shrinks_with_layer_norm_prune():
+    """``LayerNorm2d`` (F.layer_norm with keyword affine params) shrinks like nn.LayerNorm;
+    the result is approximate (statistics over fewer channels) but runs."""
+    model, x, p = _case("convnext", layer_norm="prune")
+    assert not [u for u in p.unprunable if "layer norm" in u.why]
+    small = p.apply()
+    stem_norm = small.features[0][1]
+    assert isinstance(stem_norm, LayerNorm2d) and stem_norm.normalized_shape == (16,)
+    assert stem_norm.weight.shape == (16,)
+    assert small(x).shape == (2, 10)
+    assert isinstance(model, ConvNeXt)
+    assert_macs_agree(p, model, small, x)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_macs_agree_on_every_test_model(name):
+    torch.manual_seed(0)
+    factory, make_input = MODELS[name]
+    model, x = randomize_bn(factory()), make_input()
+    p = plan(model, x, amount=0.5, round_to=1, min_channels=1)
+    assert assert_macs_agree(p, model, p.apply(), x) > 1
