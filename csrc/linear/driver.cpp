@@ -3,6 +3,9 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#if SPARSEPRUNE_X86
+#include <xmmintrin.h>
+#endif
 
 namespace sparseprune {
 namespace detail {
@@ -42,15 +45,39 @@ void release_large_scratch(size_t floats) {
 }
 
 void pack_panel(const float* x, int64_t ldx, int64_t nvalid, int64_t K, int mr, float* panel) {
-  // Walk k in blocks so each of the nvalid source rows streams sequentially.
+  // Walk k in blocks so each of the nvalid source rows streams sequentially. On x86, groups of
+  // 4 rows x 4 columns go through an SSE transpose (baseline x86-64): the scalar copy ran at
+  // ~1 element per 2 cycles, ~60 us per 32-row panel of 4096 columns, next to a 95 %-sparse
+  // kernel's few hundred.
   constexpr int64_t kKb = 64;
   for (int64_t k0 = 0; k0 < K; k0 += kKb) {
     const int64_t k1 = std::min(K, k0 + kKb);
-    for (int64_t r = 0; r < nvalid; ++r) {
+    int64_t r = 0;
+#if SPARSEPRUNE_X86
+    for (; r + 4 <= nvalid; r += 4) {
+      const float* s0 = x + r * ldx;
+      const float* s1 = s0 + ldx;
+      const float* s2 = s1 + ldx;
+      const float* s3 = s2 + ldx;
+      int64_t k = k0;
+      for (; k + 4 <= k1; k += 4) {
+        __m128 a = _mm_loadu_ps(s0 + k), b = _mm_loadu_ps(s1 + k);
+        __m128 c = _mm_loadu_ps(s2 + k), d = _mm_loadu_ps(s3 + k);
+        _MM_TRANSPOSE4_PS(a, b, c, d);  // a..d: columns k..k+3, rows r..r+3
+        _mm_storeu_ps(panel + (k + 0) * mr + r, a);
+        _mm_storeu_ps(panel + (k + 1) * mr + r, b);
+        _mm_storeu_ps(panel + (k + 2) * mr + r, c);
+        _mm_storeu_ps(panel + (k + 3) * mr + r, d);
+      }
+      for (; k < k1; ++k)
+        for (int64_t q = 0; q < 4; ++q) panel[k * mr + r + q] = x[(r + q) * ldx + k];
+    }
+#endif
+    for (; r < nvalid; ++r) {
       const float* src = x + r * ldx;
       for (int64_t k = k0; k < k1; ++k) panel[k * mr + r] = src[k];
     }
-    for (int64_t r = nvalid; r < mr; ++r)
+    for (r = nvalid; r < mr; ++r)
       for (int64_t k = k0; k < k1; ++k) panel[k * mr + r] = 0.f;
   }
 }

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "../common/store_tile.h"
 #include "../formats/bsr_weight.h"
 #include "../kernels.h"
 
@@ -85,10 +86,7 @@ template <int MR>
 inline void scatter(const BsrWeight& w, const float* out, int64_t o0, int64_t na, int64_t nvalid,
                     const float* bias, float* y, int64_t ldy) {
   na = std::min(na, w.rows - o0);
-  for (int64_t a = 0; a < na; ++a) {
-    const float bv = bias ? bias[o0 + a] : 0.f;
-    for (int64_t q = 0; q < nvalid; ++q) y[q * ldy + o0 + a] = bv + out[a * MR + q];
-  }
+  store_tile_transposed(out, MR, na, nvalid, bias ? bias + o0 : nullptr, y + o0, ldy);
 }
 
 // Fast shapes: R % NA == 0, every group full (rows past w.rows computed, not stored).

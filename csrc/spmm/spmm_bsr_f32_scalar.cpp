@@ -4,6 +4,7 @@
 // so the block loops unroll; R = 0 / C = 0 instantiate the runtime-shape fallback.
 #include <algorithm>
 
+#include "../common/store_tile.h"
 #include "../formats/bsr_weight.h"
 #include "../kernels.h"
 
@@ -33,10 +34,7 @@ void run(const BsrWeight& w, const float* panel, int64_t nvalid, const float* bi
     }
     const int64_t o0 = i * r;
     const int64_t na = std::min(r, w.rows - o0);
-    for (int64_t a = 0; a < na; ++a) {
-      const float bv = bias ? bias[o0 + a] : 0.f;
-      for (int64_t q = 0; q < nvalid; ++q) y[q * ldy + o0 + a] = bv + acc[a][q];
-    }
+    store_tile_transposed(&acc[0][0], MR, na, nvalid, bias ? bias + o0 : nullptr, y + o0, ldy);
   }
 }
 

@@ -6,6 +6,7 @@
 // chains are in flight (FMA latency 4-5 cycles x 2 pipes); they are summed once per row.
 #include <immintrin.h>
 
+#include "../common/store_tile.h"
 #include "../kernels.h"
 
 namespace sparseprune {
@@ -17,8 +18,11 @@ void run(const CsrWeight& w, const float* panel, int64_t nvalid, const float* bi
   constexpr int V = MR / 8;  // ymm vectors per panel row
   const Idx* ci = static_cast<const Idx*>(w.col_idx());
   const float* v = w.values.data();
-  alignas(32) float out[MR];
+  // Outputs of kTileRows rows at a time, written out batch row by batch row (store_tile.h).
+  constexpr int kTileRows = 16;
+  alignas(32) float tile[kTileRows][MR];
   for (int64_t o = r0; o < r1; ++o) {
+    float* out = tile[(o - r0) % kTileRows];
     int64_t j = w.row_ptr[o];
     const int64_t end = w.row_ptr[o + 1];
     __m256 acc[U][V];
@@ -38,14 +42,16 @@ void run(const CsrWeight& w, const float* panel, int64_t nvalid, const float* bi
       for (int c = 0; c < V; ++c)
         acc[0][c] = _mm256_fmadd_ps(wv, _mm256_load_ps(p + 8 * c), acc[0][c]);
     }
-    const __m256 b = _mm256_set1_ps(bias ? bias[o] : 0.f);
     for (int c = 0; c < V; ++c) {
       __m256 s = acc[0][c];
       for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][c]);
-      _mm256_store_ps(out + 8 * c, _mm256_add_ps(s, b));
+      _mm256_store_ps(out + 8 * c, s);
     }
-    // y is [batch, rows] row-major: a panel's outputs for one row are a strided column.
-    for (int64_t r = 0; r < nvalid; ++r) y[r * ldy + o] = out[r];
+    const int64_t n = (o - r0) % kTileRows + 1;
+    if (n == kTileRows || o + 1 == r1) {
+      const int64_t o0 = o + 1 - n;
+      store_tile_transposed(&tile[0][0], MR, n, nvalid, bias ? bias + o0 : nullptr, y + o0, ldy);
+    }
   }
 }
 

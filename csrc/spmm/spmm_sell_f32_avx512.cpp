@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "../common/store_tile.h"
 #include "../kernels.h"
 
 namespace sparseprune {
@@ -49,13 +50,7 @@ void run(const SellWeight& w, const float* panel, int64_t nvalid, const float* b
           for (int q = 0; q < V; ++q) _mm512_store_ps(a[i] + 16 * q, x[i][q]);
       }
     }
-    alignas(64) float out[MR];
-    for (int i = 0; i < nr; ++i) {
-      const __m512 b = _mm512_set1_ps(bias ? bias[r0 + i] : 0.f);
-      for (int q = 0; q < V; ++q)
-        _mm512_store_ps(out + 16 * q, _mm512_add_ps(_mm512_load_ps(acc[i] + 16 * q), b));
-      for (int64_t r = 0; r < nvalid; ++r) y[r * ldy + r0 + i] = out[r];
-    }
+    store_tile_transposed(&acc[0][0], MR, nr, nvalid, bias ? bias + r0 : nullptr, y + r0, ldy);
   }
 }
 

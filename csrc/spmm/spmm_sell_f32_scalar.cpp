@@ -1,6 +1,7 @@
 // SpMM over the SELL-C layout, portable C++: the reference every CPU can run.
 #include <algorithm>
 
+#include "../common/store_tile.h"
 #include "../kernels.h"
 
 namespace sparseprune {
@@ -28,10 +29,7 @@ void spmm_sell_f32_8x4_scalar(const SellWeight& w, const float* panel, int64_t n
         }
       }
     }
-    for (int i = 0; i < nr; ++i) {
-      const float b = bias ? bias[r0 + i] : 0.f;
-      for (int64_t r = 0; r < nvalid; ++r) y[r * ldy + r0 + i] = acc[i][r] + b;
-    }
+    store_tile_transposed(&acc[0][0], MR, nr, nvalid, bias ? bias + r0 : nullptr, y + r0, ldy);
   }
 }
 
