@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "../common/store_tile.h"
 #include "../kernels.h"
@@ -44,18 +45,24 @@ void run(const SellWeight& w, const float* panel, int64_t nvalid, const float* b
           __m256 z[4];
           for (int i = 0; i < 4; ++i) z[i] = _mm256_setzero_ps();
           for (; v + 2 * kSellChunk <= vend; v += 2 * kSellChunk, o += 2 * kSellChunk) {
+            uint64_t o8;  // both steps' offsets in one load
+            std::memcpy(&o8, o, 8);
             for (int i = 0; i < 4; ++i) {
               const __m256 w0 = _mm256_broadcast_ss(v + i);
               const __m256 w1 = _mm256_broadcast_ss(v + kSellChunk + i);
-              x[i][0] = _mm256_fmadd_ps(w0, _mm256_load_ps(pan + o[i] * MR), x[i][0]);
-              z[i] = _mm256_fmadd_ps(w1, _mm256_load_ps(pan + o[kSellChunk + i] * MR), z[i]);
+              const float* p0 = pan + ((o8 >> (8 * i)) & 0xffu) * MR;
+              const float* p1 = pan + ((o8 >> (8 * (kSellChunk + i))) & 0xffu) * MR;
+              x[i][0] = _mm256_fmadd_ps(w0, _mm256_load_ps(p0), x[i][0]);
+              z[i] = _mm256_fmadd_ps(w1, _mm256_load_ps(p1), z[i]);
             }
           }
           for (int i = 0; i < 4; ++i) x[i][0] = _mm256_add_ps(x[i][0], z[i]);
         }
         for (; v < vend; v += kSellChunk, o += kSellChunk) {
+          uint32_t o4;  // the step's 4 offsets in one load (see the AVX-512 kernel)
+          std::memcpy(&o4, o, 4);
           for (int i = 0; i < 4; ++i) {
-            const float* p = pan + o[i] * MR;
+            const float* p = pan + ((o4 >> (8 * i)) & 0xffu) * MR;
             const __m256 wv = _mm256_broadcast_ss(v + i);
             for (int q = 0; q < V; ++q)
               x[i][q] = _mm256_fmadd_ps(wv, _mm256_load_ps(p + 8 * q), x[i][q]);

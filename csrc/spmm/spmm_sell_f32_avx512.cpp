@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "../common/store_tile.h"
 #include "../kernels.h"
@@ -38,8 +39,12 @@ void run(const SellWeight& w, const float* panel, int64_t nvalid, const float* b
         const uint8_t* o = w.offsets.data() + w.chunk_step[c] * kSellChunk;
         const float* vend = w.values.data() + w.chunk_step[c + 1] * kSellChunk;
         for (; v < vend; v += kSellChunk, o += kSellChunk) {
+          // The step's 4 offsets in one load: byte loads would take 4 of the load slots the
+          // panel rows need (measured ~5 % at 90 %, batch 64).
+          uint32_t o4;
+          std::memcpy(&o4, o, 4);
           for (int i = 0; i < 4; ++i) {
-            const float* p = pan + o[i] * MR;
+            const float* p = pan + ((o4 >> (8 * i)) & 0xffu) * MR;
             const __m512 wv = _mm512_set1_ps(v[i]);
             for (int q = 0; q < V; ++q)
               x[i][q] = _mm512_fmadd_ps(wv, _mm512_load_ps(p + 16 * q), x[i][q]);
