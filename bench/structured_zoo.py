@@ -4,11 +4,20 @@ beside it when installed.
 For every model: ``plan(model, x, amount=0.5)`` then ``apply()``; the outcome (ok, inexact,
 trace error, apply error), params and MACs (``count_macs``) before and after, the MAC cut and the
 planning seconds. With ``torch_pruning`` importable, its ``MetaPruner`` (L2 magnitude,
-``pruning_ratio=0.5``, the classifier ignored) runs on a copy and its MAC cut and seconds are
-printed beside. Prints a Markdown table.
+``pruning_ratio=0.5``, the classifier ignored, ``num_heads`` of every ``nn.MultiheadAttention``)
+runs on a copy, whatever sparseprune's outcome, and its MAC cut (counted with ``count_macs``
+too, so that the two cuts compare) and seconds are printed beside. Prints a Markdown table;
+``--plans FILE`` also writes every plan (widths, ops kept and why).
+
+The two differ by design in two ways that show in the cuts: sparseprune's default floors
+(``round_to=16``, ``min_channels=16``) keep narrow layers (16-channel stems, SE squeezes) that
+TP halves, and LayerNorm widths are kept unless ``layer_norm="prune"`` (TP shrinks them, so its
+ConvNeXt / Swin / ViT are not equal to their masked originals). Torch-Pruning 1.6.1 needs more
+than 10 GB on a 224x224 Swin or MaxViT: run those with ``--no-tp`` on a small machine.
 
     PYTHONPATH=. python bench/structured_zoo.py                     # every model (long)
     PYTHONPATH=. python bench/structured_zoo.py --models resnet18,convnext_tiny
+    PYTHONPATH=. python bench/structured_zoo.py --models swin_t --no-tp --plans plans.txt
     PYTHONPATH=. python bench/structured_zoo.py --local             # the test families, no
                                                                     # torchvision needed
 
@@ -84,50 +93,57 @@ def run_tp(model: nn.Module, x: torch.Tensor) -> tuple[str, float, float]:
     model = copy.deepcopy(model)
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     try:
-        macs0, _ = tp.utils.count_ops_and_params(model, x)
+        macs0 = count_macs(model, x)
         t0 = time.perf_counter()
         pruner = tp.pruner.MetaPruner(
             model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
-            ignored_layers=classifier(model), num_heads=heads or None,
+            ignored_layers=classifier(model), num_heads=heads,
         )
         pruner.step()
         seconds = time.perf_counter() - t0
         with torch.no_grad():
             model(x)
-        macs1, _ = tp.utils.count_ops_and_params(model, x)
+        # counted like sparseprune's (count_macs, FlopCounterMode): TP's own counter misses
+        # attention and functional ops, and the two cuts must be comparable
+        macs1 = count_macs(model, x)
     except Exception as exc:  # a bench: report and go on
-        return f"fails: {type(exc).__name__}", float("nan"), float("nan")
+        return f"fails: {type(exc).__name__}: {str(exc)[:80]}", float("nan"), float("nan")
     return "ok", macs0 / macs1, seconds
 
 
-def run_one(name: str, factory, size: int, with_tp: bool) -> dict:
+def run_one(name: str, factory, size: int, with_tp: bool, plans=None) -> dict:
     torch.manual_seed(0)
     model = factory().eval()
     x = torch.randn(1, 3, size, size)
     row = {"model": name, "params": count_params(model), "macs": count_macs(model, x)}
+    row.update(_run_sparseprune(model, x, row["macs"], plans, name))
+    if with_tp:  # beside sparseprune, whatever its outcome
+        row["tp"] = run_tp(model, x)
+    return row
+
+
+def _run_sparseprune(model: nn.Module, x: torch.Tensor, macs: int, plans, name: str) -> dict:
     t0 = time.perf_counter()
     try:
         p = plan(model, x, amount=0.5)
     except Exception as exc:
-        row.update(outcome=f"plan fails: {type(exc).__name__}: {str(exc)[:60]}")
-        return row
-    row["plan_s"] = time.perf_counter() - t0
+        return {"outcome": f"plan fails: {type(exc).__name__}: {str(exc)[:80]}"}
+    plan_s = time.perf_counter() - t0
+    if plans is not None:  # --plans: every plan's widths and kept ops, for diagnosis
+        print(f"==== {name}\n{p}\n", file=plans, flush=True)
     try:
         small = p.apply()
     except Exception as exc:
-        row.update(outcome=f"apply fails: {type(exc).__name__}: {str(exc)[:60]}")
-        return row
+        return {"outcome": f"apply fails: {type(exc).__name__}: {str(exc)[:80]}", "plan_s": plan_s}
     with torch.no_grad():
         got, want = small(x), p.masked_model()(x)
     err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
     outcome = "ok" if err < 1e-4 else f"inexact ({err:.1e})"
-    miss = abs(p.before["macs"] / row["macs"] - 1)
+    miss = abs(p.before["macs"] / macs - 1)
     if miss > 0.02:  # the plan's MAC model disagrees with count_macs: a budget would miss
         outcome += f", plan MACs off by {miss:.1%}"
-    row.update(outcome=outcome, params_after=count_params(small), macs_after=count_macs(small, x))
-    if with_tp:
-        row["tp"] = run_tp(model, x)
-    return row
+    return {"outcome": outcome, "plan_s": plan_s, "params_after": count_params(small),
+            "macs_after": count_macs(small, x)}
 
 
 def main() -> int:
@@ -135,6 +151,7 @@ def main() -> int:
     ap.add_argument("--models", help="comma-separated torchvision model names")
     ap.add_argument("--local", action="store_true", help="the small test families instead")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning even if installed")
+    ap.add_argument("--plans", help="write every plan (print(plan)) to this file")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.local:
@@ -156,18 +173,23 @@ def main() -> int:
         head += " TP | TP MAC cut | TP s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
+    plans = open(args.plans, "w") if args.plans else None  # noqa: SIM115 (closed below)
     for name, factory, size in models:
-        r = run_one(name, factory, size, with_tp)
-        if "macs_after" not in r:
-            print(f"| {name} | {r['outcome']} | {r['params']:,} | | {r['macs'] / 1e9:.2f} | | | |")
-            continue
-        line = (f"| {name} | {r['outcome']} | {r['params']:,} | {r['params_after']:,} | "
-                f"{r['macs'] / 1e9:.3f} | {r['macs_after'] / 1e9:.3f} | "
-                f"{r['macs'] / r['macs_after']:.2f}x | {r['plan_s']:.1f} |")
+        r = run_one(name, factory, size, with_tp, plans)
+        if "macs_after" in r:
+            line = (f"| {name} | {r['outcome']} | {r['params']:,} | {r['params_after']:,} | "
+                    f"{r['macs'] / 1e9:.3f} | {r['macs_after'] / 1e9:.3f} | "
+                    f"{r['macs'] / r['macs_after']:.2f}x | {r['plan_s']:.1f} |")
+        else:
+            plan_s = f"{r['plan_s']:.1f}" if "plan_s" in r else ""
+            line = (f"| {name} | {r['outcome']} | {r['params']:,} | | {r['macs'] / 1e9:.3f} | "
+                    f"| | {plan_s} |")
         if with_tp:
             outcome, cut, secs = r["tp"]
             line += f" {outcome} | {cut:.2f}x | {secs:.1f} |"
         print(line, flush=True)
+    if plans is not None:
+        plans.close()
     return 0
 
 

@@ -170,6 +170,10 @@ class DependencyGraph:
         if len(lone) < free.size:
             self.unprunable.append(Unprunable(node, module, why, int(free.size - len(lone))))
 
+    def note_unprunable(self, node: str, module: str | None, why: str, channels: int) -> None:
+        """Name an op that kept ``channels`` channels whose atoms ``fix`` pinned silently."""
+        self.unprunable.append(Unprunable(node, module, why, channels))
+
     def unify(self, a: np.ndarray, b: np.ndarray) -> None:
         self.atoms.union_arrays(a, b)
 

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.fx as fx
+from torch import nn
+
+from ..labels import FIXED
 
 if TYPE_CHECKING:  # type hints only: the graph imports the interpreter, which imports the rules
     from ..graph import DependencyGraph
@@ -148,9 +151,51 @@ def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
 
 def _unknown(ctx: _Ctx, why: str | None = None) -> Any:
     what = ctx.node.target if ctx.node.op != "call_function" else ctx.node.target.__name__
-    ctx.fix([ctx.lab(a) for a in ctx.node.args] + [ctx.lab(a) for a in ctx.node.kwargs.values()],
-            why or f"no dependency rule for {ctx.node.op} {what!r}")
+    why = why or f"no dependency rule for {ctx.node.op} {what!r}"
+    args = list(ctx.node.args) + list(ctx.node.kwargs.values())
+    weights = _free_weights(ctx, args)
+    ctx.fix([ctx.lab(a) for a in args], why)
+    if weights:
+        # A layer's weight handed to an op without a rule (torchvision's fx-wrapped
+        # ``shifted_window_attention`` gets ``qkv.weight`` and ``proj.weight``) is pinned whole.
+        # Its dims are those of a free parameter, which ``fix`` pins silently; the layer's
+        # output channels are named here instead, once for the op.
+        names = ", ".join(name for name, _ in weights)
+        ctx.graph.note_unprunable(ctx.node.name, ctx.module_name,
+                                  f"{why} (weights kept whole: {names})",
+                                  sum(n for _, n in weights))
     return _none_labels(ctx.result)
+
+
+# layers whose ``weight`` has the output channels along dim 0
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _free_weights(ctx: _Ctx, args: list) -> list[tuple[str, int]]:
+    """``(name, output channels)`` of the layer weights (``weight`` of a Linear or conv, read
+    by ``get_attr``) among ``args`` whose output dim ``fix`` would pin without naming it."""
+    out = []
+    for a in _flat(args):
+        if not (isinstance(a, fx.Node) and a.op == "get_attr"):
+            continue
+        owner, _, attr = str(a.target).rpartition(".")
+        try:
+            layer = ctx.graph.model.get_submodule(owner)
+        except AttributeError:  # a constant fx made, on the traced module only
+            continue
+        if attr != "weight" or not isinstance(layer, _LAYERS):
+            continue  # e.g. a relative position bias table: its rows are not channels
+        lab = ctx.lab(a)
+        if not isinstance(lab, tuple) or not lab:
+            continue
+        if lab[0] is None or str(a.target) in {n for n, _ in out}:
+            continue
+        roots = np.unique(ctx.graph.atoms.roots(lab[0]))
+        # only what ``fix`` would pin silently: a root it reports itself is named already
+        silent = [r for r in roots if r != FIXED and r in ctx.graph._param_atoms]
+        if silent:
+            out.append((str(a.target), len(silent)))
+    return out
 
 
 # ---- broadcasting and size arithmetic -----------------------------------------------------------

@@ -32,6 +32,8 @@ def _getitem(ctx: _Ctx) -> Any:
             return tuple(lab[idx])
         return None
     tl = list(ctx.tl(src))
+    if isinstance(idx, fx.Node) and _is_index_tensor(ctx.val(idx)):
+        return _take_rows(ctx, idx, tl)
     if not isinstance(idx, tuple):
         idx = (idx,)
     if any(isinstance(i, (fx.Node, torch.Tensor, list)) for i in idx):
@@ -57,6 +59,21 @@ def _getitem(ctx: _Ctx) -> Any:
             d += 1
     out.extend(tl[d:])
     return tuple(out)
+
+
+def _is_index_tensor(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and not v.is_floating_point() and not v.is_complex() and (
+        v.dtype != torch.bool)
+
+
+def _take_rows(ctx: _Ctx, idx: fx.Node, tl: list) -> tuple:
+    """``src[idx]`` with one integer tensor: rows of dim 0 gathered (the result has
+    ``idx.shape + src.shape[1:]``), e.g. a relative position bias read from its table
+    (``table[index]`` in torchvision's Swin and MaxViT). Dim 0 and the index's dims cannot
+    shrink; the other dims pass through."""
+    ctx.fix(tl[0], "integer tensor index into a channel dim")
+    ctx.fix(ctx.lab(idx), "integer tensor index computed from a channel dim")
+    return (None,) * ctx.val(idx).dim() + tuple(tl[1:])
 
 
 def _pieces(ctx: _Ctx, tl: tuple, dim: int, sizes: list[int], coupled: bool) -> tuple:
