@@ -38,6 +38,10 @@ __all__ = [
 ]
 
 
+# how grouped convs lose channels (``trace(grouped=...)``, ``PlanConfig.grouped``)
+GROUPED = ("channels", "groups")
+
+
 class StructuredTraceError(RuntimeError):
     """The model cannot be traced by ``torch.fx`` (data-dependent control flow, etc.)."""
 
@@ -114,17 +118,23 @@ class DependencyGraph:
     # LayerNorm / RMSNorm modules whose normalised (last) dim is pruned: name -> atoms
     norms: dict[str, np.ndarray] = field(default_factory=dict)
     layer_norm: str = "keep"  # "prune": LayerNorm widths may shrink (approximate)
+    # grouped (not depthwise) convs: "channels" (the same positions leave every group) or
+    # "groups" (whole groups leave; the group count shrinks)
+    grouped: str = "channels"
     _param_atoms: set[int] = field(default_factory=set, repr=False)
     roots: np.ndarray | None = field(default=None, repr=False)  # atom id -> class, once final
 
     # ---- building blocks used by the op rules -------------------------------------------------
 
-    def new_block(self, n: int, owner: str, *, param: bool = False, tile: int = 1) -> np.ndarray:
+    def new_block(self, n: int, owner: str, *, param: bool = False, tile: int = 1,
+                  repeat: int = 1) -> np.ndarray:
         """Fresh atoms for ``n`` channels produced by ``owner`` (``param``: a dim of a free
-        parameter such as a position embedding, not a layer's output), repeated ``tile`` times:
-        a grouped conv's ``n * tile`` outputs, where position ``i`` of every group is one unit.
-        Returns int64 ``[n * tile]``."""
-        atoms = np.tile(self.atoms.new(n), tile)
+        parameter such as a position embedding, not a layer's output), each repeated ``repeat``
+        times in a row, the whole repeated ``tile`` times: a grouped conv's ``n * tile``
+        outputs, where position ``i`` of every group is one unit (``tile``), or its
+        ``n * repeat`` outputs where one whole group is one unit (``repeat``).
+        Returns int64 ``[n * repeat * tile]``."""
+        atoms = np.tile(np.repeat(self.atoms.new(n), repeat), tile)
         self.producers.append((owner, atoms))
         if param:
             self._param_atoms.update(atoms.tolist())
@@ -246,10 +256,11 @@ class DependencyGraph:
         protect_output: bool = True,
         leaf_modules: Sequence[type] = (),
         layer_norm: str = "keep",
+        grouped: str = "channels",
     ) -> DependencyGraph:
         return trace(
             model, example_inputs, protect_output=protect_output, leaf_modules=leaf_modules,
-            layer_norm=layer_norm,
+            layer_norm=layer_norm, grouped=grouped,
         )
 
 
@@ -290,6 +301,7 @@ def trace(
     protect_output: bool = True,
     leaf_modules: Sequence[type] = (),
     layer_norm: str = "keep",
+    grouped: str = "channels",
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and return its dependency graph.
 
@@ -302,13 +314,20 @@ def trace(
             group; the statistics then cover fewer channels, so the result is approximate and
             wants fine-tuning). RMSNorm widths are always pruned, exactly (weight and eps are
             rescaled).
+        grouped: grouped convs (1 < groups < in_channels, not depthwise): "channels" (a unit
+            is the same position in every group; the group count stays) or "groups" (a unit is
+            one whole group: the group count, in/out channels and the next layers shrink).
+            Both are exact.
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     if layer_norm not in ("keep", "prune"):
         raise ValueError(f"layer_norm must be 'keep' or 'prune'; got {layer_norm!r}")
-    graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm)
+    if grouped not in GROUPED:
+        raise ValueError(f"grouped must be one of {GROUPED}; got {grouped!r}")
+    graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm,
+                            grouped=grouped)
     with eval_mode(model), torch.no_grad():
         # traced in eval mode: `self.training` branches (dropout, stochastic depth) take the
         # inference path the pruned model is checked on

@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import numpy as np
 import torch
 from torch import nn
 
 from .budget import CostModel
-from .graph import DependencyGraph, Group, trace
+from .graph import GROUPED, DependencyGraph, Group, trace
 from .importance import Importance, get_importance
 from .latency import LatencyModel, WallClock, channels_last
 
@@ -27,7 +28,8 @@ __all__ = ["Plan", "PlanConfig", "plan"]
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """What to prune and how; exactly one of ``amount``, ``macs``, ``params``, ``latency``.
+    """What to prune and how; exactly one of ``amount``, ``macs``, ``params``, ``latency``
+    (``amounts`` alone means ``amount=0`` for the groups no glob matches).
 
     Attributes:
         amount: fraction of prunable channels to remove, in [0, 1).
@@ -54,6 +56,18 @@ class PlanConfig:
             table's target scaled by the miss; 0 trusts the table's prediction.
         tolerance: latency budgets only: a measured ratio within this relative distance of
             the budget ends calibration (0.03: 50 % means 48.5-51.5 %).
+        ignore: ``fnmatch`` globs of module names (as in ``model.named_modules()``) whose
+            output channels are never pruned: the coupled group they belong to is kept whole
+            under any budget (``amount`` is then the fraction of the other groups' channels). A
+            glob that matches no module with prunable outputs is an error.
+        amounts: ``{glob: amount}``: the groups that the matched modules' outputs belong to
+            lose this fraction of their channels instead of ``amount`` (the first matching glob
+            wins per module; a group coupling modules with different amounts takes the
+            smallest). The groups of each amount are planned like ``amount`` plans all groups
+            (same floors, rounding and scope, within them). Only with ``amount=`` (or alone).
+        grouped: grouped convs (1 < groups < in_channels, not depthwise): "channels" (the same
+            positions leave every group; the group count stays) or "groups" (whole groups
+            leave: ``groups``, the in/out channels and the next layers shrink). Both exact.
     """
 
     amount: float | None = None
@@ -71,10 +85,17 @@ class PlanConfig:
     fold_bn: bool = False
     calibrate: int = 8
     tolerance: float = 0.03
+    ignore: tuple[str, ...] = ()
+    amounts: dict[str, float] | None = None
+    grouped: str = "channels"
 
     def __post_init__(self) -> None:
         given = {k: getattr(self, k) for k in ("amount", "macs", "params", "latency")
                  if getattr(self, k) is not None}
+        self._check_globs(given)
+        if not given and self.amounts:
+            object.__setattr__(self, "amount", 0.0)  # frozen: set once, before use
+            given = {"amount": 0.0}
         if len(given) != 1:
             raise ValueError(
                 "give exactly one budget: amount=, macs=, params= or latency=; got "
@@ -93,6 +114,8 @@ class PlanConfig:
         if self.calibrate < 0 or not 0 < self.tolerance < 1:
             raise ValueError(f"need calibrate >= 0 and 0 < tolerance < 1; got calibrate="
                              f"{self.calibrate}, tolerance={self.tolerance}")
+        if self.grouped not in GROUPED:
+            raise ValueError(f"grouped must be one of {GROUPED}; got {self.grouped!r}")
         if self.layer_norm not in ("keep", "prune"):
             raise ValueError(f"layer_norm must be 'keep' or 'prune'; got {self.layer_norm!r}")
         if self.scope not in ("local", "global"):
@@ -102,6 +125,40 @@ class PlanConfig:
                 f"need round_to >= 1, min_channels >= 1 and 0 < min_ratio <= 1; got "
                 f"round_to={self.round_to}, min_channels={self.min_channels}, "
                 f"min_ratio={self.min_ratio}"
+            )
+
+    def _check_globs(self, budgets: dict) -> None:
+        """Normalise ``ignore`` to a tuple of str and check ``amounts`` (the globs are matched
+        against the model in ``plan``)."""
+        ignore = (self.ignore,) if isinstance(self.ignore, str) else self.ignore
+        try:
+            ignore = tuple(ignore)
+        except TypeError:
+            raise ValueError(f"ignore must be a tuple of module-name globs; got "
+                             f"{self.ignore!r}") from None
+        bad = [g for g in ignore if not isinstance(g, str) or not g]
+        if bad:
+            raise ValueError(f"ignore must hold module-name globs (non-empty str); got {bad!r}")
+        object.__setattr__(self, "ignore", ignore)  # frozen: normalised once, before use
+        if self.amounts is None:
+            return
+        if not isinstance(self.amounts, dict):
+            raise ValueError(f"amounts must be a dict {{module glob: amount}}; got "
+                             f"{self.amounts!r}")
+        object.__setattr__(self, "amounts", dict(self.amounts))  # the caller's dict may change
+        for glob, v in self.amounts.items():
+            if not isinstance(glob, str) or not glob:
+                raise ValueError(f"amounts keys must be module-name globs (non-empty str); got "
+                                 f"{glob!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"amounts[{glob!r}] must be in [0, 1) (fraction of channels "
+                                 f"removed); got {v!r}")
+        other = sorted(k for k in budgets if k != "amount")
+        if self.amounts and other:
+            raise ValueError(
+                f"amounts= sets channel fractions per group and cannot be combined with a "
+                f"{other[0]}= budget (which decides every group's width itself); use amount= "
+                f"with amounts=, or ignore= to keep groups whole under a {other[0]} budget"
             )
 
     @property
@@ -118,6 +175,9 @@ class _GroupState:
     scores: np.ndarray  # importance normalised by the group mean
     step: int  # rounding unit, in units
     floor: int  # fewest units kept
+    ignored: bool = False  # a producer matches ``ignore``: kept whole (floor = all units)
+    amount: float | None = None  # amount= budgets: this group's amount
+    note: str = ""  # why the group's width follows other rules than the config's (printed)
 
 
 @dataclass
@@ -134,6 +194,8 @@ class Plan:
     latency_table: object | None = None
     # latency budgets: {"ratio": measured pruned/unpruned, "rounds": [(predicted, measured)]}
     measured: dict = field(default_factory=dict)
+    # group index -> why its width follows other rules ("ignored: conv1", "amount=0.3 ...")
+    notes: dict[int, str] = field(default_factory=dict)
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -160,6 +222,8 @@ class Plan:
         c = self.config
         if c.amount is not None:
             budget = f"channels amount={c.amount}"
+            if c.amounts:
+                budget += f", amounts={c.amounts}"
         elif c.latency is not None:
             budget = f"latency <= {c.latency:.1%} of the unpruned model"
         else:
@@ -167,6 +231,10 @@ class Plan:
         lines = [f"Structured pruning plan ({budget}, importance={_name(c.importance)}, "
                  f"scope={c.scope}, round_to={c.round_to}, floor=max({c.min_ratio:.3g}*width, "
                  f"{c.min_channels}))"]
+        if c.ignore or c.grouped != "channels":
+            extra = [f"ignore={c.ignore}"] if c.ignore else []
+            extra += [f"grouped={c.grouped!r}"] if c.grouped != "channels" else []
+            lines[0] = lines[0][:-1] + ", " + ", ".join(extra) + ")"
         for k in self.before:
             b, a = self.before[k], self.after[k]
             if k == "latency_s":
@@ -176,8 +244,9 @@ class Plan:
             lines.append(f"  {k:<9} {b:>14,.0f} -> {a:>14,.0f}  ({a / b:6.1%})" if b else
                          f"  {k}: 0")
         lines.append(f"  {'group':<48} {'before':>7} {'after':>7}")
-        for name, b, a in self.widths():
-            lines.append(f"  {name[:48]:<48} {b:>7} {a:>7}")
+        for i, (name, b, a) in enumerate(self.widths()):
+            note = f"  ({self.notes[i]})" if i in self.notes else ""
+            lines.append(f"  {name[:48]:<48} {b:>7} {a:>7}{note}")
         if self.measured:
             rounds = ", ".join(f"{m:.1%}" for _, m in self.measured["rounds"])
             lines.insert(1, f"  latency measured: {self.measured['ratio']:.1%} of the unpruned "
@@ -244,7 +313,8 @@ def plan(
         A ``Plan``; ``print(plan)`` shows widths and unprunable ops, ``plan.apply()`` prunes.
 
     Raises:
-        ValueError: a bad budget, or one the floors make unreachable.
+        ValueError: a bad budget, or one the floors make unreachable; an ``ignore`` or
+            ``amounts`` glob that matches no module with prunable output channels.
         StructuredTraceError: the model cannot be traced by ``torch.fx``.
     """
     if config is None:
@@ -255,7 +325,11 @@ def plan(
         example_inputs = (example_inputs,)
     if graph is None:
         graph = trace(model, example_inputs, protect_output=config.protect_output,
-                      leaf_modules=config.leaf_modules, layer_norm=config.layer_norm)
+                      leaf_modules=config.leaf_modules, layer_norm=config.layer_norm,
+                      grouped=config.grouped)
+    elif graph.grouped != config.grouped:
+        raise ValueError(f"the graph was traced with grouped={graph.grouped!r} but the config "
+                         f"asks for grouped={config.grouped!r}; trace again or pass no graph")
     costs = CostModel(graph)
     table = None
     if config.metric == "latency":
@@ -270,7 +344,10 @@ def plan(
     target = _target(config, base)
     states = _group_states(graph, config)
     try:
-        keep = _search(states, costs, cost, target, config)
+        if config.metric == "channels":
+            keep, target = _search_amounts(states, costs, cost, config)
+        else:
+            keep = _search(states, costs, cost, target, config)
     except ValueError:
         if table is None or not config.calibrate:
             raise
@@ -279,7 +356,8 @@ def plan(
         keep = _floor_keep(states, costs)
         target = cost(keep)
     result = Plan(graph=graph, config=config, keep=keep, costs=costs, target=target,
-                  latency_table=table)
+                  latency_table=table,
+                  notes={s.group.index: s.note for s in states if s.note})
     for k in ("channels", "params", "macs"):
         result.before[k] = costs.metric(k)(full)
         result.after[k] = costs.metric(k)(keep)
@@ -386,8 +464,48 @@ def _target(config: PlanConfig, base: float) -> float:
     return base * v if v <= 1 else float(v)
 
 
+def _match(graph: DependencyGraph, config: PlanConfig) -> None:
+    """Check that every glob of ``ignore`` and ``amounts`` matches a module with prunable
+    output channels (a producer of some group)."""
+    prunable = list(dict.fromkeys(p for g in graph.groups for p in g.producers))
+    globs = [("ignore", g) for g in config.ignore] + [
+        ("amounts", g) for g in (config.amounts or {})]
+    for what, glob in globs:
+        if any(fnmatchcase(p, glob) for p in prunable):
+            continue
+        others = [n for n, _ in graph.model.named_modules() if n and fnmatchcase(n, glob)]
+        hint = (f" (it matches {', '.join(others[:3])}, whose output channels are kept "
+                "anyway)" if others else "")
+        names = ", ".join(prunable[:6]) + (", ..." if len(prunable) > 6 else "")
+        raise ValueError(
+            f"{what} glob {glob!r} matches no module with prunable output channels{hint}; "
+            f"prunable: {names or 'none'} ({len(prunable)} in all)"
+        )
+
+
+def _group_amount(g: Group, config: PlanConfig) -> tuple[bool, float | None, str]:
+    """``(ignored, amount, note)`` of group ``g``: ignored when a producer matches ``ignore``;
+    the note says why the group is not planned like the others."""
+    for p in g.producers:
+        if any(fnmatchcase(p, glob) for glob in config.ignore):
+            return True, None, f"ignored: {p}"
+    hits: dict[str, float] = {}
+    for p in g.producers:
+        glob = next((k for k in config.amounts or {} if fnmatchcase(p, k)), None)
+        if glob is not None:
+            hits[glob] = float(config.amounts[glob])
+    if not hits:
+        return False, config.amount, ""
+    amount = min(hits.values())
+    if len(set(hits.values())) == 1:
+        return False, amount, f"amount={amount:g} from {', '.join(map(repr, hits))}"
+    each = ", ".join(f"{k!r}={v:g}" for k, v in hits.items())
+    return False, amount, f"amount={amount:g}, the smallest of the coupled modules' {each}"
+
+
 def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupState]:
     imp = get_importance(config.importance)
+    _match(graph, config)
     states = []
     for g in graph.groups:
         n = len(g)
@@ -402,7 +520,11 @@ def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupStat
         step = max(1, step)
         floor = max(math.ceil(n * config.min_ratio), math.ceil(config.min_channels / u))
         floor = min(n, -(-floor // step) * step)
-        states.append(_GroupState(g, np.argsort(-norm, kind="stable"), norm, step, floor))
+        ignored, amount, note = _group_amount(g, config)
+        if ignored:
+            floor = n  # kept whole, whatever the budget
+        states.append(_GroupState(g, np.argsort(-norm, kind="stable"), norm, step, floor,
+                                  ignored, amount, note))
     return states
 
 
@@ -420,16 +542,48 @@ def _counts(states: list[_GroupState], p: float, scope: str, threshold: float) -
 
 
 def _keep_from_counts(states, counts, costs: CostModel) -> np.ndarray:
+    """Keep vector with the ``counts[i]`` best units of ``states[i]`` (groups not in
+    ``states``: none kept)."""
     keep = np.zeros(costs.n_units + 1, dtype=bool)
     keep[-1] = True
-    for s, k, off in zip(states, counts, costs.offsets[:-1], strict=False):
-        keep[off + s.order[:k]] = True
+    for s, k in zip(states, counts, strict=True):
+        keep[costs.offsets[s.group.index] + s.order[:k]] = True
     return keep
 
 
 def _floor_keep(states, costs: CostModel) -> np.ndarray:
     """The smallest plan: every group at its floor."""
     return _keep_from_counts(states, [s.floor for s in states], costs)
+
+
+def _search_amounts(states, costs: CostModel, cost, config: PlanConfig
+                    ) -> tuple[np.ndarray, float]:
+    """``amount`` budgets: the groups of each amount are searched on their own, for that
+    fraction of their channels (ignored groups are kept whole). Without ``ignore`` and
+    ``amounts`` this is one search over all groups, for ``amount`` of all channels.
+    Returns the keep vector and the channel target."""
+    keep = _keep_from_counts([], [], costs)
+    target = 0.0
+    by_amount: dict[float | None, list[_GroupState]] = {}
+    for s in states:
+        by_amount.setdefault(None if s.ignored else s.amount, []).append(s)
+    for amount, part in by_amount.items():
+        full = _keep_from_counts(part, [len(s.group) for s in part], costs)
+        if amount is None or amount == 0:
+            keep |= full
+            target += cost(full)
+            continue
+        t = cost(full) * (1 - amount)
+        try:
+            keep |= _search(part, costs, cost, t, config)
+        except ValueError as err:
+            if len(by_amount) == 1:
+                raise
+            names = ", ".join(s.group.name for s in part[:3]) + (", ..." if len(part) > 3
+                                                                  else "")
+            raise ValueError(f"groups with amount={amount:g} ({names}): {err}") from None
+        target += t
+    return keep, target
 
 
 def _search(states, costs: CostModel, cost, target: float, config: PlanConfig) -> np.ndarray:

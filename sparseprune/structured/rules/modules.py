@@ -109,7 +109,20 @@ def _conv(ctx: _Ctx) -> Any:
         g.set_attr(name, "in_channels", lin)
         g.set_attr(name, "groups", lin)
         per_in = None
+    elif g.grouped == "groups" and lin is not None:
+        # Whole groups leave: input group j feeds only output group j, so one unit is input
+        # group j's channels (coupled with the layer before) and output group j's; the group
+        # count, in/out channels shrink and the per-group width (weight dim 1) stays.
+        grid = lin.reshape(groups, cin // groups)
+        g.unify(grid, grid[:, :1])
+        out = g.new_block(groups, name, repeat=cout // groups)
+        g.unify(grid[:, 0], out[:: cout // groups])
+        g.set_attr(name, "in_channels", lin)
+        g.set_attr(name, "groups", grid[:, 0])
+        per_in = None  # MACs scale with the kept groups only (the output dim)
     else:  # grouped: every group loses the same positions, the group count stays
+        # (also with grouped="groups" when the input channels cannot shrink: the output
+        # positions still can)
         per_in = None
         if lin is not None:
             grid = lin.reshape(groups, cin // groups)
