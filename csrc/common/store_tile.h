@@ -14,6 +14,11 @@
 #endif
 
 namespace sparseprune {
+// Internal linkage on purpose: this header is compiled into scalar, AVX2 and AVX-512 files, and
+// an inline function with external linkage is merged into one copy at link time, which could be
+// the AVX-512 one called from the scalar kernels (an illegal instruction on older CPUs). The
+// build checks that ISA-flagged objects export no such symbol (cmake/check_isa_objects.cmake).
+namespace {
 
 // y[q * ldy + i] = acc[i * lda + q] + (bias ? bias[i] : 0) for i < nrows, q < nvalid.
 // y and bias already point at the tile's first row. On x86, 4x4 blocks go through an SSE
@@ -50,4 +55,5 @@ inline void store_tile_transposed(const float* acc, int64_t lda, int64_t nrows, 
     for (int64_t j = 0; j < nrows; ++j) y[q * ldy + j] = acc[j * lda + q] + (bias ? bias[j] : 0.f);
 }
 
+}  // namespace
 }  // namespace sparseprune

@@ -96,4 +96,10 @@ void BsrWeight::to_canonical(std::vector<int64_t>& brp, std::vector<int32_t>& bc
   v.assign(values.data(), values.data() + values.size());
 }
 
+int64_t BsrWeight::full_end(int64_t i) const {
+  const int64_t j1 = block_row_ptr[i + 1];
+  return (edge_c != c && j1 > block_row_ptr[i] && block_col[j1 - 1] == block_cols - 1) ? j1 - 1
+                                                                                       : j1;
+}
+
 }  // namespace sparseprune

@@ -55,11 +55,9 @@ class BsrWeight {
 
   // Blocks [block_row_ptr[i], full_end(i)) of block row i lie wholly inside the columns; a block
   // at full_end(i) < block_row_ptr[i + 1] is the edge block, with edge_c valid columns.
-  int64_t full_end(int64_t i) const {
-    const int64_t j1 = block_row_ptr[i + 1];
-    return (edge_c != c && j1 > block_row_ptr[i] && block_col[j1 - 1] == block_cols - 1) ? j1 - 1
-                                                                                         : j1;
-  }
+  // (Defined in bsr_weight.cpp, not inline here: an inline member compiled into the AVX-512
+  // kernel files could become the one copy the scalar kernels call.)
+  int64_t full_end(int64_t i) const;
 
   void to_canonical(std::vector<int64_t>& block_row_ptr_out, std::vector<int32_t>& block_col_out,
                     std::vector<float>& values_out) const;
