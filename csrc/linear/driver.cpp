@@ -88,7 +88,7 @@ std::vector<Item> plan_items(int64_t batch, const std::vector<int>& mrs, bool ha
   // streams the whole weight and packs, zeroes and writes a tile per row block, so one padded
   // pass beat two or three narrower ones (Zen 4, 70 % SELL, MiniLM's 384/1536-wide layers:
   // 28 rows as one 32-row panel 1.3-1.4x faster than 16 + 8 + 4-padded-to-8, 20 and 22 rows
-  // 1.05-1.2x; 12 rows over 32 lost). Otherwise a leftover of at least kMinPanelRows (or any
+  // -3 % to +19 %; 12 rows over 32 lost). Otherwise a leftover of at least kMinPanelRows (or any
   // leftover without spmv) takes the narrowest panel that holds it, zero-padded (a padded panel
   // beat spmv rows from 4 rows on: 1.1-1.5x at 70-90 %).
   constexpr double kMaxPanelPad = 1.6;
