@@ -35,7 +35,10 @@ LAYERS = 4
 
 
 def _time_calls(fn, min_time: float) -> float:
-    """Best per-call seconds over 5 batches of calls, each lasting about min_time / 5."""
+    """Best per-call seconds over 5 batches of calls, each lasting about min_time / 5.
+
+    Not ``sparseprune._timing``: the DeepSparse worker runs in a venv without torch or
+    sparseprune, and all three methods must be timed the same way."""
     fn()
     start = time.perf_counter()
     fn()

@@ -14,14 +14,8 @@ from torch import nn
 from sparseprune.structured import plan
 
 from .macs import assert_macs_agree
+from .models import channel_shuffle
 from .zoo_models import conv_bn_act, randomize
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    b, c, h, w = x.size()
-    x = x.view(b, groups, c // groups, h, w)
-    x = torch.transpose(x, 1, 2).contiguous()
-    return x.view(b, -1, h, w)
 
 
 class ShuffleBlock(nn.Module):
