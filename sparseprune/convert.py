@@ -139,9 +139,11 @@ def convert(model: nn.Module, *, min_sparsity: float = 0.5, include: Iterable[st
     ``example_inputs``, the model runs once, every format (dense included) is timed on the input
     the layer really sees, at each of ``batch_sizes``, and the one with the best worst-case ratio
     is kept, dense unless it is at least ``min_speedup`` faster at every batch size. Choices are
-    cached on disk (``sparseprune.choose.cache_path()``) per CPU, shape, mask and batch sizes,
-    so converting the same model again measures nothing. Without inputs a cost model decides
-    (blocks or N:M when the mask has them, else SELL-C).
+    cached on disk (``sparseprune.choose.cache_path()``) per CPU, shape, mask, batch sizes and
+    thread count, so converting the same model again measures nothing. Formats are timed at the
+    current ``torch.get_num_threads()``: convert under the thread count the model will run at
+    (the fastest format for a small layer at 1 thread is not always the fastest at 2). Without
+    inputs a cost model decides (blocks or N:M when the mask has them, else SELL-C).
 
     Args:
         model: any module (the root itself may be an ``nn.Linear``).

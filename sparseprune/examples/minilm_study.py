@@ -9,7 +9,8 @@ split (which neither calibration nor distillation sees):
 * quality: cosine to the dense embedding, Spearman correlation of all pairwise similarities
   against dense, paraphrase margin (:mod:`.metrics`), before and after recovery;
 * speed: end-to-end embedding latency, dense model vs converted model, in one interleaved run
-  per (batch, threads) so only the ratio is read; one sentence and 32 sentences;
+  per (batch, threads) so only the ratio is read; one sentence and 32 sentences; the model is
+  converted at each thread count it is timed at (convert measures at the current one);
 * size: bytes of the 36 encoder Linears' weights, packed vs dense;
 * exactness: the converted model's embeddings against the pruned dense model's (max abs).
 
@@ -119,7 +120,11 @@ QUICK = StudyConfig(methods=("wanda-50", "sparsegpt-2:4"), calibration=8, heldou
 
 @dataclass
 class StudyRow:
-    """One method's outcome (``latency``: "b{batch}-t{threads}" -> dense/sparse ratio)."""
+    """One method's outcome (``latency``: "b{batch}-t{threads}" -> dense/sparse ratio).
+
+    The model is converted once per thread count (``formats_by_threads``: "t{threads}" ->
+    format -> layers); ``formats``, ``layers``, ``packed_bytes`` and ``max_abs_diff`` describe
+    the conversion at the first thread count of the config."""
 
     method: str
     sparsity: float
@@ -131,6 +136,7 @@ class StudyRow:
     dense_bytes: int = 0
     converted: int = 0
     formats: dict[str, int] = field(default_factory=dict)
+    formats_by_threads: dict[str, dict[str, int]] = field(default_factory=dict)
     max_abs_diff: float = 0.0
     layers: list[dict] = field(default_factory=list)
     prune_s: float = 0.0
@@ -205,26 +211,41 @@ def _one_method(method: Method, dense: MiniLM, tokenizer: MiniLMTokenizer, data:
     margin = paraphrase_margin(a, b)
     example = data["timing"][1]
     rows = {b: int(x["attention_mask"].sum()) for b, x in data["timing"].items()}
-    sparse, conv = convert(student, example_inputs=(example["input_ids"],
-                                                    example["attention_mask"]),
-                           batch_sizes=sorted(set(rows.values())))
-    sparse.eval()
-    diff = float((encode(sparse, tokenizer, data["heldout"]) - masked).abs().max())
     row = StudyRow(method=method.label, sparsity=report.total_sparsity, oneshot=oneshot,
                    recovered=recovered, margin=margin, prune_s=prune_s, distill_s=distill_s,
-                   distill_steps=steps, max_abs_diff=diff,
-                   dense_bytes=_encoder_linear_bytes(dense))
-    for layer in conv.layers:
-        row.layers.append({"name": layer.name, "format": layer.format or "dense",
-                           "sparsity": round(layer.sparsity, 4), "speedup": layer.speedup,
-                           "how": layer.how or layer.reason,
-                           "measured": [list(m) for m in layer.measured]})
-        if layer.format is not None:
-            row.converted += 1
-            row.formats[layer.format] = row.formats.get(layer.format, 0) + 1
-    row.packed_bytes = sum(r.nbytes if r.format else r.dense_bytes for r in conv.layers)
-    for batch, inputs in data["timing"].items():
-        for threads in config.threads:
+                   distill_steps=steps, dense_bytes=_encoder_linear_bytes(dense))
+    # Converted once per thread count: convert measures each layer's formats at the thread
+    # count it runs under, and the ranking changes with it (on 2 vCPUs, MiniLM's 384-wide
+    # layers at one sentence: SELL 1.5-1.9x over dense at 1 thread, 1.0-1.7x at 2, where CSR
+    # or dense can win); a model converted at 2 threads and timed at 1 ran ~15 % slower.
+    saved = torch.get_num_threads()
+    for ti, threads in enumerate(config.threads):
+        torch.set_num_threads(threads)
+        try:
+            sparse, conv = convert(student, example_inputs=(example["input_ids"],
+                                                            example["attention_mask"]),
+                                   batch_sizes=sorted(set(rows.values())))
+        finally:
+            torch.set_num_threads(saved)
+        sparse.eval()
+        counts: dict[str, int] = {}
+        for layer in conv.layers:
+            if layer.format is not None:
+                counts[layer.format] = counts.get(layer.format, 0) + 1
+        row.formats_by_threads[f"t{threads}"] = counts
+        if ti == 0:  # the table's format, bytes and exactness columns: the first thread count
+            row.max_abs_diff = float((encode(sparse, tokenizer, data["heldout"])
+                                      - masked).abs().max())
+            for layer in conv.layers:
+                row.layers.append({"name": layer.name, "format": layer.format or "dense",
+                                   "sparsity": round(layer.sparsity, 4),
+                                   "speedup": layer.speedup, "how": layer.how or layer.reason,
+                                   "measured": [list(m) for m in layer.measured]})
+            row.converted = sum(counts.values())
+            row.formats = dict(counts)
+            row.packed_bytes = sum(r.nbytes if r.format else r.dense_bytes
+                                   for r in conv.layers)
+        for batch, inputs in data["timing"].items():
             row.latency[f"b{batch}-t{threads}"] = _latency(dense, sparse, inputs, threads,
                                                            config.timing_s)
     return row
@@ -280,7 +301,11 @@ def study_table(rows: Sequence[StudyRow]) -> str:
             *[f"speedup {k.replace('-', ' ')}" for k in cells], "encoder bytes", "formats"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        fmts = ", ".join(f"{n} {f}" for f, n in sorted(r.formats.items())) or "all dense"
+        by_threads = r.formats_by_threads or {"": r.formats}
+        fmts = "; ".join(
+            (f"{t}: " if len(by_threads) > 1 else "")
+            + (", ".join(f"{n} {f}" for f, n in sorted(c.items())) or "all dense")
+            for t, c in by_threads.items())
         lines.append("| " + " | ".join([
             r.method, f"{r.sparsity:.2f}",
             f"{r.oneshot['cosine']:.3f} → {r.recovered['cosine']:.3f}",

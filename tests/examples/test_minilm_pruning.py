@@ -106,11 +106,16 @@ def test_parse_method():
 
 def test_study_runs_end_to_end_on_a_tiny_grid():
     config = StudyConfig(methods=("wanda-2:4",), calibration=4, heldout=16,
-                         distill_epochs=0.003, threads=(1,), batch_sizes=(1,), timing_s=0.002)
+                         distill_epochs=0.003, threads=(1, 2), batch_sizes=(1,), timing_s=0.002)
     rows = run_study(config, progress=False)
     assert [r.method for r in rows] == ["dense", "wanda 2:4"]
     dense, pruned = rows
-    assert dense.latency == {"b1-t1": 1.0} and dense.recovered["cosine"] == 1.0
+    assert dense.latency == {"b1-t1": 1.0, "b1-t2": 1.0} and dense.recovered["cosine"] == 1.0
+    # Converted at each thread count it is timed at; the table's columns describe the first.
+    assert set(pruned.formats_by_threads) == {"t1", "t2"} and set(pruned.latency) == {
+        "b1-t1", "b1-t2"}
+    assert pruned.formats == pruned.formats_by_threads["t1"]
+    assert sum(pruned.formats.values()) == pruned.converted
     assert pruned.sparsity == pytest.approx(0.5)
     assert pruned.distill_steps >= 1
     assert pruned.max_abs_diff <= 1e-4
