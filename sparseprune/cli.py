@@ -238,6 +238,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _glob_amount(text: str) -> tuple[str, float]:
+    """``"layer4.*=0.7"`` -> ("layer4.*", 0.7) for ``--layer-amount``."""
+    glob, sep, value = text.rpartition("=")
+    if not sep or not glob:
+        raise argparse.ArgumentTypeError(f"expected GLOB=AMOUNT (e.g. 'layer4.*=0.7'), got "
+                                         f"{text!r}")
+    try:
+        return glob, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: amount {value!r} is not a number") from None
+
+
 def _cmd_channels(args: argparse.Namespace) -> int:
     import torch
 
@@ -249,12 +261,20 @@ def _cmd_channels(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     budgets = {k: getattr(args, k) for k in ("amount", "macs", "params", "latency")
                if getattr(args, k) is not None}
+    if not budgets and not args.amounts:
+        print("sparseprune channels: one of --amount, --macs, --params, --latency (or "
+              "--layer-amount) is required", file=sys.stderr)
+        return 2
+    amounts: dict[str, float] = {}
+    for glob, value in args.amounts:
+        amounts[glob] = value  # a glob given twice: the last one wins, as argparse does
     try:
         print(channels_report(
             args.factory, tuple(args.input), weights=args.weights, output=args.output,
             channels_last=args.channels_last, fold_bn=args.fold_bn, round_to=args.round_to,
             min_channels=args.min_channels, importance=args.importance, scope=args.scope,
-            layer_norm=args.layer_norm, **budgets))
+            layer_norm=args.layer_norm, min_ratio=args.min_ratio, ignore=tuple(args.ignore),
+            amounts=amounts or None, grouped=args.grouped, **budgets))
     except (ValueError, StructuredTraceError, StructuredPruningError) as err:
         print(f"sparseprune channels: {err}", file=sys.stderr)
         return 2
@@ -364,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "model is traced and timed on")
     chan.add_argument("--weights", help="state_dict or checkpoint file (weights-only) to load "
                       "into the model first")
-    budget = chan.add_mutually_exclusive_group(required=True)
+    budget = chan.add_mutually_exclusive_group(required=False)
     budget.add_argument("--amount", type=float, help="fraction of channels removed, in [0, 1)")
     budget.add_argument("--macs", type=float, help="MAC budget: a fraction (<= 1) or a count")
     budget.add_argument("--params", type=float,
@@ -376,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="widths become multiples of this (default 16; 1 disables)")
     chan.add_argument("--min-channels", type=int, default=16,
                       help="no group keeps fewer channels (default 16)")
+    chan.add_argument("--min-ratio", type=float, default=1 / 8,
+                      help="no group keeps less than this fraction of its width (default 1/8)")
+    chan.add_argument("--ignore", action="append", default=[], metavar="GLOB",
+                      help="keep the channels of modules matching this glob whole (repeatable; "
+                      "names as in model.named_modules(), e.g. 'features.0.*')")
+    chan.add_argument("--layer-amount", action="append", default=[], type=_glob_amount,
+                      metavar="GLOB=AMOUNT", dest="amounts",
+                      help="own fraction for the groups of modules matching GLOB (repeatable, "
+                      "e.g. 'layer4.*=0.7'); with --amount it is the rest's rate; not with "
+                      "--macs/--params/--latency")
+    chan.add_argument("--grouped", default="channels", choices=["channels", "groups"],
+                      help="grouped convs: prune the same channels in every group (channels) "
+                      "or whole groups (groups)")
     chan.add_argument("--importance", default="l2", choices=["l1", "l2", "bn", "random"])
     chan.add_argument("--scope", default="local", choices=["local", "global"])
     chan.add_argument("--layer-norm", default="keep", choices=["keep", "prune"],

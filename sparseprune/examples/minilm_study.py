@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .. import convert
 from .._timing import calls_for, interleaved
 from ..pruning import prune, remove
+from ..pruning.schedules import Cubic
 from ..workflow import distill
 from .metrics import embedding_metrics, paraphrase_margin
 from .minilm import MiniLM, MiniLMTokenizer, encode, load_minilm
@@ -44,25 +45,37 @@ PRUNED = ["encoder"]  # the 36 encoder Linears (LayerNorms under it are skipped 
 
 @dataclass(frozen=True)
 class Method:
-    """One pruning recipe: ``criterion`` with ``pattern`` at ``sparsity`` (None for N:M)."""
+    """One pruning recipe: ``criterion`` with ``pattern`` at ``sparsity`` (None for N:M), in
+    ``stages`` prune-then-distill rounds (targets on a cubic schedule; 1 = one-shot)."""
 
     criterion: str
     pattern: str = "unstructured"
     sparsity: float | None = None
+    stages: int = 1
 
     @property
     def label(self) -> str:
         what = self.pattern if self.sparsity is None else f"{self.sparsity:.0%}"
-        return f"{self.criterion} {what}"
+        return f"{self.criterion} {what}" + (f" ({self.stages} stages)" if self.stages > 1
+                                              else "")
 
 
 def parse_method(spec: str) -> Method:
-    """``"sparsegpt-70"`` -> SparseGPT at 70 %, ``"wanda-2:4"`` -> Wanda with 2:4."""
+    """``"sparsegpt-70"`` -> SparseGPT at 70 %, ``"wanda-2:4"`` -> Wanda with 2:4,
+    ``"sparsegpt-90x3"`` -> SparseGPT to 90 % in 3 prune-and-distill stages."""
     criterion, sep, rest = spec.strip().lower().partition("-")
     if not sep or not rest:
         raise ValueError(f"method {spec!r}: expected criterion-sparsity (sparsegpt-70) or "
                          "criterion-N:M (wanda-2:4)")
+    what, x, stage_text = rest.rpartition("x")
+    stages = 1
+    if x and what:  # "90x3"; a bare "x" is not a stage count
+        if not stage_text.isdigit() or int(stage_text) < 1:
+            raise ValueError(f"method {spec!r}: stages {stage_text!r} must be an int >= 1")
+        rest, stages = what, int(stage_text)
     if ":" in rest:
+        if stages > 1:
+            raise ValueError(f"method {spec!r}: stages apply to unstructured sparsity only")
         return Method(criterion, rest, None)
     try:
         percent = float(rest)
@@ -70,7 +83,7 @@ def parse_method(spec: str) -> Method:
         raise ValueError(f"method {spec!r}: {rest!r} is neither a percentage nor N:M") from None
     if not 0 < percent < 100:
         raise ValueError(f"method {spec!r}: sparsity {percent:g} % is outside (0, 100)")
-    return Method(criterion, "unstructured", percent / 100)
+    return Method(criterion, "unstructured", percent / 100, stages)
 
 
 METHODS = ("magnitude-50", "wanda-50", "sparsegpt-50", "wanda-2:4", "sparsegpt-2:4",
@@ -84,7 +97,8 @@ class StudyConfig:
     Attributes:
         methods: :func:`parse_method` strings.
         calibration / heldout: split sizes (sentences).
-        distill_epochs: passes over the training data per method (0: no recovery).
+        distill_epochs: passes over the training data per method (0: no recovery), split
+            evenly over a staged method's stages.
         distill_lr / distill_batch: AdamW peak learning rate (cosine decay) and sentences
             per step.
         hidden_weight: weight of the per-layer hidden-state MSE (all 6 encoder layers) next to
@@ -185,24 +199,38 @@ def _one_method(method: Method, dense: MiniLM, tokenizer: MiniLMTokenizer, data:
     student = copy.deepcopy(dense)
     for p in student.parameters():
         p.requires_grad_(True)  # the teacher is frozen; its copy is trained
-    t0 = time.perf_counter()
-    report = prune(student, method.sparsity, pattern=method.pattern,
-                   criterion=method.criterion, include=PRUNED, protect=None,
-                   calibration=data["calibration"] if method.criterion != "magnitude" else None)
-    prune_s = time.perf_counter() - t0
-    oneshot = embedding_metrics(data["reference"], encode(student, tokenizer, data["heldout"]))
-    steps, distill_s = 0, 0.0
-    if config.distill_epochs > 0:
-        total = max(1, round(config.distill_epochs * len(data["train"])))
-        hidden = ([f"encoder.layer.{i}" for i in range(len(dense.encoder.layer))]
-                  if config.hidden_weight else [])
-        # Eval mode: no dropout, the student matches the teacher it is compared with.
-        result = distill(student, dense, data["train"], steps=total, lr=config.distill_lr,
-                         warmup_steps=min(20, total // 10), decay="cosine",
-                         match_modules=hidden, hidden_weight=config.hidden_weight,
-                         train_mode=False, max_seconds=config.distill_seconds,
-                         progress=progress, seed=config.seed)
-        steps, distill_s = result.steps, result.seconds
+    # Stage targets on a cubic schedule (Zhu & Gupta): one stage is one-shot pruning. Each
+    # stage prunes the distilled model further (masks are ANDed, SparseGPT recalibrates on the
+    # current weights) and gets an equal share of the distillation steps.
+    targets = ([method.sparsity] if method.sparsity is None or method.stages == 1 else
+               [Cubic(method.sparsity, method.stages).sparsity_at(i)
+                for i in range(1, method.stages + 1)])
+    total = (max(1, round(config.distill_epochs * len(data["train"])))
+             if config.distill_epochs > 0 else 0)
+    hidden = ([f"encoder.layer.{i}" for i in range(len(dense.encoder.layer))]
+              if config.hidden_weight else [])
+    prune_s, steps, distill_s = 0.0, 0, 0.0
+    for stage, target in enumerate(targets):
+        t0 = time.perf_counter()
+        report = prune(student, target, pattern=method.pattern,
+                       criterion=method.criterion, include=PRUNED, protect=None,
+                       calibration=(data["calibration"] if method.criterion != "magnitude"
+                                    else None))
+        prune_s += time.perf_counter() - t0
+        if stage == len(targets) - 1:  # staged methods: after the last prune, before its recovery
+            oneshot = embedding_metrics(data["reference"],
+                                        encode(student, tokenizer, data["heldout"]))
+        share = total // len(targets) + (stage < total % len(targets))
+        if share > 0:
+            # Eval mode: no dropout, the student matches the teacher it is compared with.
+            seconds = (None if config.distill_seconds is None
+                       else config.distill_seconds / len(targets))
+            result = distill(student, dense, data["train"], steps=share, lr=config.distill_lr,
+                             warmup_steps=min(20, share // 10), decay="cosine",
+                             match_modules=hidden, hidden_weight=config.hidden_weight,
+                             train_mode=False, max_seconds=seconds,
+                             progress=progress, seed=config.seed + stage)
+            steps, distill_s = steps + result.steps, distill_s + result.seconds
     remove(student)
     student.eval()
     masked = encode(student, tokenizer, data["heldout"])

@@ -98,18 +98,25 @@ def test_parse_method():
     assert parse_method("sparsegpt-70") == Method("sparsegpt", "unstructured", 0.7)
     assert parse_method("Wanda-2:4") == Method("wanda", "2:4", None)
     assert parse_method("sparsegpt-70").label == "sparsegpt 70%"
+    assert parse_method("sparsegpt-90x3") == Method("sparsegpt", "unstructured", 0.9, 3)
+    assert parse_method("sparsegpt-90x3").label == "sparsegpt 90% (3 stages)"
     for bad, match in (("sparsegpt", "expected criterion-sparsity"),
                        ("wanda-x", "neither a percentage"), ("wanda-100", "outside")):
+        with pytest.raises(ValueError, match=match):
+            parse_method(bad)
+    for bad, match in (("sparsegpt-90x0", "stages"), ("wanda-2:4x2", "unstructured sparsity only")):
         with pytest.raises(ValueError, match=match):
             parse_method(bad)
 
 
 def test_study_runs_end_to_end_on_a_tiny_grid():
-    config = StudyConfig(methods=("wanda-2:4",), calibration=4, heldout=16,
+    config = StudyConfig(methods=("wanda-2:4", "magnitude-80x2"), calibration=4, heldout=16,
                          distill_epochs=0.003, threads=(1, 2), batch_sizes=(1,), timing_s=0.002)
     rows = run_study(config, progress=False)
-    assert [r.method for r in rows] == ["dense", "wanda 2:4"]
-    dense, pruned = rows
+    assert [r.method for r in rows] == ["dense", "wanda 2:4", "magnitude 80% (2 stages)"]
+    dense, pruned, staged = rows
+    # Two prune stages (cubic: 70 %, then 80 %) with the distillation steps split between them.
+    assert staged.sparsity == pytest.approx(0.8, abs=1e-3) and staged.distill_steps >= 1
     assert dense.latency == {"b1-t1": 1.0, "b1-t2": 1.0} and dense.recovered["cosine"] == 1.0
     # Converted at each thread count it is timed at; the table's columns describe the first.
     assert set(pruned.formats_by_threads) == {"t1", "t2"} and set(pruned.latency) == {

@@ -110,3 +110,52 @@ def test_channels_rejects_weights_that_do_not_fit(tmp_path, capsys):
     assert main(["channels", FACTORY, "--input", "1,3,32,32", "--weights",
                  str(tmp_path / "junk.pt"), "--amount", "0.5"]) == 2
     assert "not a torch save file" in capsys.readouterr().err
+
+
+def test_channels_per_layer_options_match_plan(tmp_path, capsys):
+    """--ignore / --layer-amount / --grouped / --min-ratio reach plan() as ignore / amounts /
+    grouped / min_ratio: the saved model equals the one plan() builds with the same options."""
+    torch.manual_seed(0)
+    weights = randomize_bn(ResNet18()).state_dict()
+    torch.save(weights, tmp_path / "w.pt")
+    out = tmp_path / "small.pt"
+    code = main(["channels", FACTORY, "--input", "1,3,32,32", "--weights", str(tmp_path / "w.pt"),
+                 "--amount", "0.25", "--layer-amount", "layers.7.*=0.75", "--ignore", "layers.0.*",
+                 "--grouped", "groups", "--min-ratio", "0.05", "--round-to", "1",
+                 "--min-channels", "1", "--threads", "1", "-o", str(out)])
+    capsys.readouterr()
+    assert code == 0
+    model = ResNet18()
+    model.load_state_dict(weights)
+    p = plan(model.eval(), torch.randn(1, 3, 32, 32), amount=0.25,
+             amounts={"layers.7.*": 0.75}, ignore=("layers.0.*",), grouped="groups",
+             min_ratio=0.05, round_to=1, min_channels=1)
+    ref = p.apply()
+    loaded = load_pruned(ResNet18, out).eval()
+    # the first block's inner width kept whole, the last block's cut deeper than the others
+    width = [(small.conv1.out_channels, full.conv1.out_channels)
+             for small, full in zip(loaded.layers, model.layers, strict=True)]
+    assert width[0][0] == width[0][1]
+    assert width[7][0] / width[7][1] < width[3][0] / width[3][1] < 1
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layer-amount", "layers.7.*=0.7", "--macs", "0.5"], "amounts"),
+    (["--layer-amount", "nomatch.*=0.5"], "nomatch"),
+    ([], "is required"),
+])
+def test_channels_per_layer_option_errors(argv, message, capsys):
+    code = main(["channels", FACTORY, "--input", "1,3,32,32", "--threads", "1", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_channels_layer_amount_needs_glob_and_number(capsys):
+    for bad in ("layer4", "layer4.*=lots", "=0.5"):
+        with pytest.raises(SystemExit) as exc:
+            main(["channels", FACTORY, "--input", "1,3,32,32", "--layer-amount", bad])
+        assert exc.value.code == 2
+        assert "--layer-amount" in capsys.readouterr().err
