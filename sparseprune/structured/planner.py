@@ -9,19 +9,24 @@ are added back greedily while the budget still holds).
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 
 import numpy as np
 import torch
 from torch import nn
 
 from .budget import CostModel
+from .calibrate import _calibrate
 from .graph import GROUPED, DependencyGraph, Group, trace
-from .importance import Importance, get_importance
-from .latency import LatencyModel, WallClock, channels_last
+from .importance import Importance
+from .latency import LatencyModel, WallClock
+from .search import (
+    _floor_keep,
+    _group_states,
+    _search,
+    _search_amounts,
+    _target,
+)
 
 __all__ = ["Plan", "PlanConfig", "plan"]
 
@@ -166,18 +171,6 @@ class PlanConfig:
         if self.amount is not None:
             return "channels"
         return next(k for k in ("macs", "params", "latency") if getattr(self, k) is not None)
-
-
-@dataclass
-class _GroupState:
-    group: Group
-    order: np.ndarray  # unit indices, most important first
-    scores: np.ndarray  # importance normalised by the group mean
-    step: int  # rounding unit, in units
-    floor: int  # fewest units kept
-    ignored: bool = False  # a producer matches ``ignore``: kept whole (floor = all units)
-    amount: float | None = None  # amount= budgets: this group's amount
-    note: str = ""  # why the group's width follows other rules than the config's (printed)
 
 
 @dataclass
@@ -369,277 +362,3 @@ def plan(
         for k in ("channels", "params", "macs"):
             result.after[k] = costs.metric(k)(result.keep)
     return result
-
-
-def _next_target(tried: list, budget: float, base: float, bisect: bool = False) -> float:
-    """Predicted-seconds target for the next round: interpolate between the closest plans
-    measured under and over the budget (regula falsi; ``bisect``: their midpoint), else scale
-    the last one by its miss."""
-    under = [(p, r) for p, r, _ in tried if r < budget]
-    over = [(p, r) for p, r, _ in tried if r > budget]
-    if under and over:
-        (p0, r0), (p1, r1) = max(under, key=lambda t: t[1]), min(over, key=lambda t: t[1])
-        if bisect:
-            return (p0 + p1) / 2
-        return p0 + (budget - r0) * (p1 - p0) / (r1 - r0)
-    p, r, _ = tried[-1]
-    return min(base, p * budget / r)
-
-
-def _calibrate(result: Plan, states, cost, timer, progress: bool) -> None:
-    """Measure the planned model, re-plan with the predicted target scaled by the miss."""
-    from tqdm.auto import tqdm
-
-    config, graph = result.config, result.graph
-    budget, tol = config.latency, config.tolerance
-    base = result.before["latency_s"]
-    layout = channels_last(graph.model)
-    pred, keep = result.target, result.keep
-    tried: list[tuple[float, float, np.ndarray]] = []
-    floor = _floor_keep(states, result.costs)
-    with tqdm(total=config.calibrate, desc="latency calibration", unit="round", leave=False,
-              disable=not progress) as bar:
-        _rounds(result, states, cost, timer, bar, tried, layout, pred, keep, floor)
-    ok = [t for t in tried if t[1] <= budget * (1 + tol)]
-    if not ok and any(np.array_equal(k, floor) for _, _, k in tried):
-        raise ValueError(
-            f"latency budget {budget:.1%} is unreachable: the smallest plan the floors allow "
-            f"(min_ratio={config.min_ratio}, min_channels={config.min_channels}) measured "
-            f"{min(r for _, r, _ in tried):.1%} of the unpruned model; lower the floors or "
-            "raise the budget"
-        )
-    pred, ratio, keep = max(ok, key=lambda t: t[1]) if ok else min(tried, key=lambda t: t[1])
-    if not ok:
-        warnings.warn(
-            f"latency budget {budget:.1%} not met by measurement: the best plan measured "
-            f"{ratio:.1%} of the unpruned model after {len(tried)} rounds (floors "
-            f"min_ratio={config.min_ratio}, min_channels={config.min_channels} may stop it)",
-            stacklevel=3,
-        )
-    result.keep, result.target = keep, pred
-    result.measured = {"ratio": ratio, "rounds": [(p / base, r) for p, r, _ in tried]}
-
-
-def _rounds(result: Plan, states, cost, timer, bar, tried: list, layout: bool, pred: float,
-            keep: np.ndarray, floor: np.ndarray) -> None:
-    """Measure, re-plan, repeat; appends ``(predicted target, measured ratio, keep)``."""
-    from .surgery import apply_plan
-
-    config, graph = result.config, result.graph
-    budget, tol = config.latency, config.tolerance
-    base = result.before["latency_s"]
-    reference = result.latency_table.reference
-    for _ in range(config.calibrate):
-        result.keep = keep
-        small = apply_plan(result, channels_last=layout, fold_bn=config.fold_bn)
-        ratio = timer.ratio(small, reference, graph.example_inputs)
-        if not ratio > 0:
-            raise ValueError(f"the timer measured a latency ratio of {ratio}; expected > 0")
-        tried.append((pred, ratio, keep))
-        bar.update()
-        bar.set_postfix(measured=f"{ratio:.1%}")
-        if abs(ratio - budget) <= tol * budget:
-            break
-        keep = None
-        for bisect in (False, True):  # a repeated plan: halve the bracket instead
-            pred = _next_target(tried, budget, base, bisect)
-            try:
-                keep = _search(states, result.costs, cost, pred, config)
-            except ValueError:  # the table says the floors stop it: measure the floor plan
-                keep = None
-                if not any(np.array_equal(floor, k) for _, _, k in tried):
-                    keep, pred = floor, cost(floor)
-                break
-            if not any(np.array_equal(keep, k) for _, _, k in tried):
-                break
-            keep = None
-        if keep is None:
-            break
-
-
-def _target(config: PlanConfig, base: float) -> float:
-    if config.amount is not None:
-        return base * (1 - config.amount)
-    v = getattr(config, config.metric)
-    return base * v if v <= 1 else float(v)
-
-
-def _match(graph: DependencyGraph, config: PlanConfig) -> None:
-    """Check that every glob of ``ignore`` and ``amounts`` matches a module with prunable
-    output channels (a producer of some group)."""
-    prunable = list(dict.fromkeys(p for g in graph.groups for p in g.producers))
-    globs = [("ignore", g) for g in config.ignore] + [
-        ("amounts", g) for g in (config.amounts or {})]
-    for what, glob in globs:
-        if any(fnmatchcase(p, glob) for p in prunable):
-            continue
-        others = [n for n, _ in graph.model.named_modules() if n and fnmatchcase(n, glob)]
-        hint = (f" (it matches {', '.join(others[:3])}, whose output channels are kept "
-                "anyway)" if others else "")
-        names = ", ".join(prunable[:6]) + (", ..." if len(prunable) > 6 else "")
-        raise ValueError(
-            f"{what} glob {glob!r} matches no module with prunable output channels{hint}; "
-            f"prunable: {names or 'none'} ({len(prunable)} in all)"
-        )
-
-
-def _group_amount(g: Group, config: PlanConfig) -> tuple[bool, float | None, str]:
-    """``(ignored, amount, note)`` of group ``g``: ignored when a producer matches ``ignore``;
-    the note says why the group is not planned like the others."""
-    for p in g.producers:
-        if any(fnmatchcase(p, glob) for glob in config.ignore):
-            return True, None, f"ignored: {p}"
-    hits: dict[str, float] = {}
-    for p in g.producers:
-        glob = next((k for k in config.amounts or {} if fnmatchcase(p, k)), None)
-        if glob is not None:
-            hits[glob] = float(config.amounts[glob])
-    if not hits:
-        return False, config.amount, ""
-    amount = min(hits.values())
-    if len(set(hits.values())) == 1:
-        return False, amount, f"amount={amount:g} from {', '.join(map(repr, hits))}"
-    each = ", ".join(f"{k!r}={v:g}" for k, v in hits.items())
-    return False, amount, f"amount={amount:g}, the smallest of the coupled modules' {each}"
-
-
-def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupState]:
-    imp = get_importance(config.importance)
-    _match(graph, config)
-    states = []
-    for g in graph.groups:
-        n = len(g)
-        scores = np.asarray(imp(graph, g), dtype=np.float64)
-        if scores.shape != (n,):
-            raise ValueError(f"importance returned shape {scores.shape} for group {g.name} of "
-                             f"{n} units")
-        mean = scores.mean()
-        norm = scores / mean if mean > 0 else np.zeros(n)
-        u = g.unit_channels
-        step = config.round_to // u if config.round_to % u == 0 else 1
-        step = max(1, step)
-        floor = max(math.ceil(n * config.min_ratio), math.ceil(config.min_channels / u))
-        floor = min(n, -(-floor // step) * step)
-        ignored, amount, note = _group_amount(g, config)
-        if ignored:
-            floor = n  # kept whole, whatever the budget
-        states.append(_GroupState(g, np.argsort(-norm, kind="stable"), norm, step, floor,
-                                  ignored, amount, note))
-    return states
-
-
-def _counts(states: list[_GroupState], p: float, scope: str, threshold: float) -> list[int]:
-    counts = []
-    for s in states:
-        n = len(s.group)
-        if scope == "local":
-            k = n - p * n
-        else:
-            k = float((s.scores > threshold).sum())
-        k = round(k / s.step) * s.step
-        counts.append(int(min(n, max(s.floor, k))))
-    return counts
-
-
-def _keep_from_counts(states, counts, costs: CostModel) -> np.ndarray:
-    """Keep vector with the ``counts[i]`` best units of ``states[i]`` (groups not in
-    ``states``: none kept)."""
-    keep = np.zeros(costs.n_units + 1, dtype=bool)
-    keep[-1] = True
-    for s, k in zip(states, counts, strict=True):
-        keep[costs.offsets[s.group.index] + s.order[:k]] = True
-    return keep
-
-
-def _floor_keep(states, costs: CostModel) -> np.ndarray:
-    """The smallest plan: every group at its floor."""
-    return _keep_from_counts(states, [s.floor for s in states], costs)
-
-
-def _search_amounts(states, costs: CostModel, cost, config: PlanConfig
-                    ) -> tuple[np.ndarray, float]:
-    """``amount`` budgets: the groups of each amount are searched on their own, for that
-    fraction of their channels (ignored groups are kept whole). Without ``ignore`` and
-    ``amounts`` this is one search over all groups, for ``amount`` of all channels.
-    Returns the keep vector and the channel target."""
-    keep = _keep_from_counts([], [], costs)
-    target = 0.0
-    by_amount: dict[float | None, list[_GroupState]] = {}
-    for s in states:
-        by_amount.setdefault(None if s.ignored else s.amount, []).append(s)
-    for amount, part in by_amount.items():
-        full = _keep_from_counts(part, [len(s.group) for s in part], costs)
-        if amount is None or amount == 0:
-            keep |= full
-            target += cost(full)
-            continue
-        t = cost(full) * (1 - amount)
-        try:
-            keep |= _search(part, costs, cost, t, config)
-        except ValueError as err:
-            if len(by_amount) == 1:
-                raise
-            names = ", ".join(s.group.name for s in part[:3]) + (", ..." if len(part) > 3
-                                                                  else "")
-            raise ValueError(f"groups with amount={amount:g} ({names}): {err}") from None
-        target += t
-    return keep, target
-
-
-def _search(states, costs: CostModel, cost, target: float, config: PlanConfig) -> np.ndarray:
-    all_scores = np.sort(np.concatenate([s.scores for s in states])) if states else np.zeros(0)
-
-    def keep_at(p: float) -> tuple[np.ndarray, list[int]]:
-        thr = -np.inf
-        if config.scope == "global" and all_scores.size:
-            thr = all_scores[min(int(p * all_scores.size), all_scores.size - 1)] if p > 0 else -1
-        counts = _counts(states, p, config.scope, thr)
-        return _keep_from_counts(states, counts, costs), counts
-
-    keep, counts = keep_at(0.0)
-    if cost(keep) <= target * (1 + 1e-9):
-        return keep
-    low_keep, low_counts = keep_at(1.0)
-    if cost(low_keep) > target * (1 + 1e-9):
-        base = cost(costs.full())
-        raise ValueError(
-            f"{config.metric} budget {target:.4g} ({target / base:.1%} of the unpruned model) is "
-            f"unreachable: with the floors (min_ratio={config.min_ratio}, min_channels="
-            f"{config.min_channels}) and the unprunable ops the smallest model costs "
-            f"{cost(low_keep):.4g} ({cost(low_keep) / base:.1%}); lower the floors or raise the "
-            "budget"
-        )
-    lo, hi = 0.0, 1.0  # cost(lo) > target >= cost(hi)
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if cost(keep_at(mid)[0]) <= target:
-            hi = mid
-        else:
-            lo = mid
-    keep, counts = keep_at(hi)
-    return _rebalance(states, counts, costs, cost, target)
-
-
-def _rebalance(states, counts: list[int], costs: CostModel, cost, target: float) -> np.ndarray:
-    """Add back one rounding step at a time, most important first, while the budget holds."""
-    counts = list(counts)
-    for _ in range(10 * len(states) + 10):
-        best = None
-        for i, s in enumerate(states):
-            k = counts[i]
-            n = len(s.group)
-            if k >= n:
-                continue
-            nxt = min(n, k + s.step)
-            gain = float(s.scores[s.order[k:nxt]].mean())
-            if gain <= 0:  # zero-importance units (dead, or removed in an earlier round)
-                continue
-            trial = counts[:i] + [nxt] + counts[i + 1 :]
-            if cost(_keep_from_counts(states, trial, costs)) <= target and (
-                best is None or gain > best[0]
-            ):
-                best = (gain, i, nxt)
-        if best is None:
-            break
-        counts[best[1]] = best[2]
-    return _keep_from_counts(states, counts, costs)
