@@ -115,6 +115,9 @@ class DependencyGraph:
     groups: list[Group] = field(default_factory=list)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     layer_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # self-attention nn.MultiheadAttention calls whose heads may go: name -> (query shape,
+    # need_weights), so the latency model can time the module by head count
+    attention_calls: dict[str, tuple[tuple[int, ...], bool]] = field(default_factory=dict)
     # LayerNorm / RMSNorm modules whose normalised (last) dim is pruned: name -> atoms
     norms: dict[str, np.ndarray] = field(default_factory=dict)
     layer_norm: str = "keep"  # "prune": LayerNorm widths may shrink (approximate)

@@ -2,11 +2,14 @@
 
 Every conv / linear layer is timed alone at input and output widths {1/4, 1/2, 1} of its own
 (9 points, tiny timing loops: one warm-up, best of three) and interpolated bilinearly in between.
-Ops with MACs that are not timed alone (attention score and weighted-sum matmuls,
-``nn.MultiheadAttention``) are charged the timed layers' seconds per MAC, scaled by their kept
-MACs. The rest of the measured full model (norms, activations, adds, pooling) is charged as
-memory traffic: a fixed per-op cost plus a share proportional to the elements each op writes,
-scaled by the kept fraction of that tensor's channels. Tables are cached in
+A self-attention ``nn.MultiheadAttention`` is timed whole (projections, scores, softmax,
+weighted sum, out_proj) at {1/4, 1/2, 1} of its heads, as the surgery leaves it, and
+interpolated linearly: its time is not proportional to its MACs (softmax and the per-head
+matmuls are small and memory-bound). Other ops with MACs that are not timed alone (attention
+matmuls written out functionally, einsum) are charged the timed layers' seconds per MAC,
+scaled by their kept MACs. The rest of the measured full model (norms, activations, adds,
+pooling) is charged as memory traffic: a fixed per-op cost plus a share proportional to the
+elements each op writes, scaled by the kept fraction of that tensor's channels. Tables are cached in
 ``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``) by CPU, torch version, thread count,
 layer shape and memory layout.
 
@@ -149,17 +152,22 @@ class LatencyModel:
         except (OSError, ValueError):
             cache = {}
         self.items = []
-        timed, untimed = [], []
+        self.head_items: list[tuple[np.ndarray, np.ndarray]] = []  # (times by GRID, atoms)
+        timed, heads, untimed = [], [], []
         for it in graph.macs_items:
             name = it.module
             m = graph.model.get_submodule(name) if name is not None else None
             if (name in graph.layer_inputs
                     and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))):
                 timed.append((it, m))
+            elif (isinstance(m, nn.MultiheadAttention) and name in graph.attention_calls
+                  and len(it.dims) == 1):
+                heads.append((it, m))
             else:
                 untimed.append(it)
         self.channels_last = channels_last(graph.model)
         todo = [(it, m) for it, m in timed if self._key(it.module, m, graph) not in cache]
+        todo += [(it, m) for it, m in heads if self._heads_key(it.module, m, graph) not in cache]
         from tqdm.auto import tqdm
 
         total_layers, timed_macs = 0.0, 0.0
@@ -177,6 +185,15 @@ class LatencyModel:
                 self.items.append((table, dims, not depthwise))
                 total_layers += table[-1, -1]
                 timed_macs += it.base
+            for it, m in heads:
+                key = self._heads_key(it.module, m, graph)
+                if key not in cache:
+                    shape, need_weights = graph.attention_calls[it.module]
+                    cache[key] = self._measure_heads(m, shape, need_weights, timer)
+                    bar.update()
+                times = np.array(cache[key])
+                self.head_items.append((times, costs.index(it.dims[0])))
+                total_layers += times[-1]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
         self.reference = graph.model
@@ -210,6 +227,25 @@ class LatencyModel:
         if not elements:
             self.rest = left
 
+    @staticmethod
+    def _heads_key(name: str, m: nn.Module, graph: DependencyGraph) -> str:
+        shape, need_weights = graph.attention_calls[name]
+        return (f"MultiheadAttention|{m.embed_dim}|{m.num_heads}|{m.batch_first}|"
+                f"{m.in_proj_bias is not None}|{shape}|{need_weights}|"
+                f"{next(m.parameters()).dtype}|heads")
+
+    @staticmethod
+    def _measure_heads(m: nn.MultiheadAttention, shape: tuple, need_weights: bool,
+                       timer: WallClock) -> list[float]:
+        from .mha import keep_heads
+
+        x = torch.randn(*shape)
+        out = []
+        for f in GRID:
+            layer = _SelfAttention(keep_heads(m, max(1, round(m.num_heads * f))), need_weights)
+            out.append(timer.layer(layer.eval(), (x,)))
+        return out
+
     def _key(self, name: str, m: nn.Module, graph: DependencyGraph) -> str:
         shape = graph.layer_inputs[name]
         layout = "|channels_last" if self.channels_last and len(shape) == 4 else ""
@@ -239,8 +275,22 @@ class LatencyModel:
             fin = keep[dims[1]].mean() if has_in and len(dims) > 1 and dims[1].size else (
                 fout if not has_in else 1.0)
             total += _bilinear(table, fin, fout)
+        for times, atoms in self.head_items:
+            kept = keep[atoms].mean() if atoms.size else 1.0
+            total += float(np.interp(kept, GRID, times))
         return (total + CostModel._scaled(self.mac_items, keep)
                 + CostModel._scaled(self.memory_items, keep))
+
+
+class _SelfAttention(nn.Module):
+    """``attn(x, x, x, need_weights=...)``: how the model calls it, for the timer."""
+
+    def __init__(self, attn: nn.MultiheadAttention, need_weights: bool) -> None:
+        super().__init__()
+        self.attn, self.need_weights = attn, need_weights
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        return self.attn(x, x, x, need_weights=self.need_weights)
 
 
 def _bilinear(table: np.ndarray, fin: float, fout: float) -> float:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HeadPrunedMultiheadAttention", "is_head_pruned", "mark_head_pruned"]
+__all__ = ["HeadPrunedMultiheadAttention", "is_head_pruned", "keep_heads", "mark_head_pruned"]
 
 
 class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
@@ -138,3 +138,37 @@ def mark_head_pruned(model: nn.Module) -> None:
     for m in model.modules():
         if is_head_pruned(m) and not isinstance(m, HeadPrunedMultiheadAttention):
             m.__class__ = HeadPrunedMultiheadAttention
+
+
+def keep_heads(m: nn.MultiheadAttention, heads: int) -> nn.MultiheadAttention:
+    """A copy of ``m`` with its first ``heads`` heads (1 <= heads <= num_heads), as the surgery
+    leaves it: the same class when no head goes, else ``HeadPrunedMultiheadAttention``. Used to
+    time attention at a head count (the latency table); ``m`` is not modified."""
+    import copy
+
+    h, d = m.num_heads, m.head_dim
+    if not 1 <= heads <= h:
+        raise ValueError(f"keep_heads: heads must be in [1, {h}], got {heads}")
+    out = copy.deepcopy(m)
+    if heads == h:
+        return out
+    rows = torch.arange(heads * d)
+
+    def cut(t: torch.Tensor | None, dim: int, packed: bool) -> nn.Parameter | None:
+        if t is None:
+            return None
+        idx = torch.cat([rows + i * h * d for i in range(3)]) if packed else rows
+        return nn.Parameter(t.detach().index_select(dim, idx).clone(), requires_grad=False)
+
+    with torch.no_grad():
+        if m._qkv_same_embed_dim:
+            out.in_proj_weight = cut(m.in_proj_weight, 0, True)
+        else:
+            for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                setattr(out, name, cut(getattr(m, name), 0, False))
+        if m.in_proj_bias is not None:
+            out.in_proj_bias = cut(m.in_proj_bias, 0, True)
+        out.out_proj.weight = cut(m.out_proj.weight, 1, False)
+    out.num_heads = heads
+    mark_head_pruned(out)
+    return out

@@ -398,4 +398,7 @@ MODELS = {
 FULL_SIZE = {
     "resnet18": lambda: ResNet18(width=64, classes=1000),
     "mobilenetv2": lambda: MobileNetV2(classes=1000, table=MobileNetV2.FULL),
+    # ViT-B/16's shape with nn.MultiheadAttention, as torchvision builds it (no torchvision)
+    "vit_b16": lambda: ViT(dim=768, depth=12, heads=12, mlp=3072, patch=16, image=224,
+                           classes=1000, split="mha"),
 }

@@ -82,6 +82,9 @@ def _multihead_attention(ctx: _Ctx) -> Any:
     macs = lq * h * d * (q.shape[-1] + m.embed_dim) + lk * h * d * (k.shape[-1] + v.shape[-1])
     macs += 2 * lq * src * h * d
     g.add_macs(macs, [inner], name)
+    if (q.shape == k.shape == v.shape and args["key_padding_mask"] is None
+            and args["attn_mask"] is None):  # the latency table times these by head count
+        g.attention_calls[name] = (tuple(q.shape), need_weights is not False)
     out = ctx.result[0]
     lab = tq[-1]
     if lab is None:  # the output width stays embed_dim
