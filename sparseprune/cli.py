@@ -256,15 +256,15 @@ def _cmd_channels(args: argparse.Namespace) -> int:
     from .structured import StructuredPruningError, StructuredTraceError
     from .structured.command import channels_report
 
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     budgets = {k: getattr(args, k) for k in ("amount", "macs", "params", "latency")
                if getattr(args, k) is not None}
     if not budgets and not args.amounts:
         print("sparseprune channels: one of --amount, --macs, --params, --latency (or "
               "--layer-amount) is required", file=sys.stderr)
         return 2
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     amounts: dict[str, float] = {}
     for glob, value in args.amounts:
         amounts[glob] = value  # a glob given twice: the last one wins, as argparse does
