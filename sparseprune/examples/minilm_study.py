@@ -138,7 +138,8 @@ class StudyRow:
 
     The model is converted once per thread count (``formats_by_threads``: "t{threads}" ->
     format -> layers); ``formats``, ``layers``, ``packed_bytes`` and ``max_abs_diff`` describe
-    the conversion at the first thread count of the config."""
+    the conversion at the first thread count of the config. ``oneshot`` is the quality right
+    after pruning (a staged method: after its last stage's pruning, before its recovery)."""
 
     method: str
     sparsity: float
