@@ -265,9 +265,7 @@ def _cmd_channels(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    amounts: dict[str, float] = {}
-    for glob, value in args.amounts:
-        amounts[glob] = value  # a glob given twice: the last one wins, as argparse does
+    amounts = dict(args.amounts)  # a glob given twice: the last one wins, as argparse does
     try:
         print(channels_report(
             args.factory, tuple(args.input), weights=args.weights, output=args.output,

@@ -9,21 +9,12 @@
 #include <algorithm>
 #include <cstring>
 
+#include "../common/broadcast_lane.h"
 #include "../common/store_tile.h"
 #include "../kernels.h"
 
 namespace sparseprune {
 namespace {
-
-// v4 holds 4 weights in every 128-bit lane; element i of each lane, everywhere (vpermilps imm).
-inline __m512 broadcast_lane(__m512 v4, int i) {
-  switch (i) {
-    case 0: return _mm512_shuffle_ps(v4, v4, 0x00);
-    case 1: return _mm512_shuffle_ps(v4, v4, 0x55);
-    case 2: return _mm512_shuffle_ps(v4, v4, 0xaa);
-    default: return _mm512_shuffle_ps(v4, v4, 0xff);
-  }
-}
 
 // Z zmm and Y (0 or 1) ymm vectors per panel row: MR = 16 Z + 8 Y. MR = 24 (one zmm + one ymm)
 // serves 17-24 batch rows, e.g. one sentence's tokens: per nonzero it issues two vector loads

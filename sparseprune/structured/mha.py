@@ -9,6 +9,8 @@ the surgery and ``load_pruned`` switch a pruned module's class to it.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -144,8 +146,6 @@ def keep_heads(m: nn.MultiheadAttention, heads: int) -> nn.MultiheadAttention:
     """A copy of ``m`` with its first ``heads`` heads (1 <= heads <= num_heads), as the surgery
     leaves it: the same class when no head goes, else ``HeadPrunedMultiheadAttention``. Used to
     time attention at a head count (the latency table); ``m`` is not modified."""
-    import copy
-
     h, d = m.num_heads, m.head_dim
     if not 1 <= heads <= h:
         raise ValueError(f"keep_heads: heads must be in [1, {h}], got {heads}")
