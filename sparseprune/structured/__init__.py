@@ -12,6 +12,7 @@ from .importance import IMPORTANCE, BNScale, LpNorm, Random, Taylor
 from .io import load_pruned, save_pruned, width_config
 from .latency import LatencyModel, WallClock
 from .mha import HeadPrunedMultiheadAttention
+from .norms import PrunedLayerNorm
 from .planner import Plan, PlanConfig, plan
 from .rules import register_module_rule
 from .surgery import StructuredPruningError, apply_plan, masked_model
@@ -27,6 +28,7 @@ __all__ = [
     "LpNorm",
     "Plan",
     "PlanConfig",
+    "PrunedLayerNorm",
     "Random",
     "StructuredPruningError",
     "StructuredTraceError",

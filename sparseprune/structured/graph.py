@@ -26,6 +26,7 @@ from .._modules import eval_mode
 from .flops import mac_counter
 from .interpreter import LabelInterpreter, has_name_rule
 from .labels import FIXED, AtomTable
+from .norms import PrunedLayerNorm
 from .records import _CostItem
 
 __all__ = [
@@ -118,9 +119,14 @@ class DependencyGraph:
     # self-attention nn.MultiheadAttention calls whose heads may go: name -> (query shape,
     # need_weights), so the latency model can time the module by head count
     attention_calls: dict[str, tuple[tuple[int, ...], bool]] = field(default_factory=dict)
-    # LayerNorm / RMSNorm modules whose normalised (last) dim is pruned: name -> atoms
+    # LayerNorm / RMSNorm modules whose normalised dim may shrink: name -> atoms, and the dim
+    # of the module's input it normalises (-1: the last; 1: NCHW, torchvision's LayerNorm2d)
     norms: dict[str, np.ndarray] = field(default_factory=dict)
-    layer_norm: str = "keep"  # "prune": LayerNorm widths may shrink (approximate)
+    norm_dims: dict[str, int] = field(default_factory=dict)
+    layer_norm: str = "prune"  # "keep": LayerNorm widths stay
+    # norms kept whole because their removed channels were not zero in the masked model:
+    # name -> reason (found by ``plan``, which then traces again)
+    fixed_norms: dict[str, str] = field(default_factory=dict)
     # grouped (not depthwise) convs: "channels" (the same positions leave every group) or
     # "groups" (whole groups leave; the group count shrinks)
     grouped: str = "channels"
@@ -128,6 +134,14 @@ class DependencyGraph:
     roots: np.ndarray | None = field(default=None, repr=False)  # atom id -> class, once final
 
     # ---- building blocks used by the op rules -------------------------------------------------
+
+    def add_norm(self, name: str, atoms: np.ndarray, dim: int) -> None:
+        """Record that norm module ``name`` normalises ``atoms`` (dim ``dim`` of its input); a
+        module called twice must normalise the same channels."""
+        if name in self.norms:
+            self.unify(self.norms[name], atoms)
+        self.norms[name] = atoms
+        self.norm_dims[name] = dim
 
     def new_block(self, n: int, owner: str, *, param: bool = False, tile: int = 1,
                   repeat: int = 1) -> np.ndarray:
@@ -141,6 +155,15 @@ class DependencyGraph:
         self.producers.append((owner, atoms))
         if param:
             self._param_atoms.update(atoms.tolist())
+        return atoms
+
+    def pinned_block(self, n: int, owner: str) -> np.ndarray:
+        """``n`` fresh atoms, already kept: what a layer's input dim is attached to when its
+        input carries no channel labels (a model input), so that a second call of the same
+        module on a prunable input cannot shrink the shared weight under the first call."""
+        atoms = self.new_block(n, owner)
+        for r in np.unique(self.atoms.roots(atoms)):
+            self.atoms.union(r, FIXED)
         return atoms
 
     def attach(self, tensor: str, dim: int, atoms: np.ndarray, kind: str) -> None:
@@ -258,7 +281,7 @@ class DependencyGraph:
         *,
         protect_output: bool = True,
         leaf_modules: Sequence[type] = (),
-        layer_norm: str = "keep",
+        layer_norm: str = "prune",
         grouped: str = "channels",
     ) -> DependencyGraph:
         return trace(
@@ -275,7 +298,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self._extra_leaves and isinstance(m, self._extra_leaves):
             return True
-        if isinstance(m, nn.MultiheadAttention):  # also HeadPrunedMultiheadAttention
+        if isinstance(m, (nn.MultiheadAttention, PrunedLayerNorm)):  # + HeadPruned...MHA
             return True
         if has_name_rule(m):  # e.g. StochasticDepth, whose body fx would inline or wrap
             return True
@@ -303,8 +326,9 @@ def trace(
     *,
     protect_output: bool = True,
     leaf_modules: Sequence[type] = (),
-    layer_norm: str = "keep",
+    layer_norm: str = "prune",
     grouped: str = "channels",
+    fixed_norms: dict[str, str] | None = None,
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and return its dependency graph.
 
@@ -313,14 +337,16 @@ def trace(
         example_inputs: a tensor or a tuple of positional inputs, e.g. ``[1, 3, 224, 224]``.
         protect_output: pin every channel dimension of the outputs (the output shape is kept).
         leaf_modules: module types not to trace into; their channels are kept.
-        layer_norm: "keep" (LayerNorm widths stay: exact) or "prune" (they shrink with their
-            group; the statistics then cover fewer channels, so the result is approximate and
-            wants fine-tuning). RMSNorm widths are always pruned, exactly (weight and eps are
-            rescaled).
+        layer_norm: "prune" (default: LayerNorm widths shrink with their group, exactly: the
+            surgery makes them ``PrunedLayerNorm``s whose statistics still count the removed,
+            zero channels) or "keep" (they stay). RMSNorm widths always shrink, exactly
+            (weight and eps are rescaled).
         grouped: grouped convs (1 < groups < in_channels, not depthwise): "channels" (a unit
             is the same position in every group; the group count stays) or "groups" (a unit is
             one whole group: the group count, in/out channels and the next layers shrink).
             Both are exact.
+        fixed_norms: ``{norm module: reason}`` kept whole (``plan`` passes the norms whose
+            removed channels were not zero in the masked model).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -330,7 +356,7 @@ def trace(
     if grouped not in GROUPED:
         raise ValueError(f"grouped must be one of {GROUPED}; got {grouped!r}")
     graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm,
-                            grouped=grouped)
+                            grouped=grouped, fixed_norms=dict(fixed_norms or {}))
     with eval_mode(model), torch.no_grad():
         # traced in eval mode: `self.training` branches (dropout, stochastic depth) take the
         # inference path the pruned model is checked on

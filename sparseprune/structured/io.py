@@ -16,6 +16,7 @@ from torch import nn
 
 from .fold import FOLDED_ATTR, folded_batchnorms
 from .mha import mark_head_pruned
+from .norms import PrunedLayerNorm, to_pruned_layer_norm
 from .rules import HEAD_ATTRS
 
 __all__ = ["WIDTH_ATTRS", "apply_widths", "load_pruned", "read_weights_only", "save_pruned",
@@ -44,6 +45,9 @@ def width_config(model: nn.Module) -> dict:
         if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):  # widths shrink with layer_norm=...
             found["normalized_shape"] = list(mod.normalized_shape)
             found["eps"] = mod.eps
+        if isinstance(mod, PrunedLayerNorm):
+            found["full_width"] = mod.full_width
+            found["channel_dim"] = mod.channel_dim
         if found:
             attrs[name] = found
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -99,7 +103,10 @@ def apply_widths(model: nn.Module, widths: dict, sd: dict, path: object) -> None
             raise ValueError(f"{path}: module {name!r} not in {type(model).__name__}")
         if not isinstance(attrs, dict):
             raise ValueError(f"{path}: module {name!r}: widths must be a dict")
+        counted = {a: attrs[a] for a in ("full_width", "channel_dim") if a in attrs}
         for attr, value in attrs.items():
+            if attr in counted:
+                continue  # set below, with normalized_shape
             if attr == "normalized_shape" and isinstance(value, list) and all(
                 isinstance(v, int) for v in value
             ):
@@ -114,6 +121,8 @@ def apply_widths(model: nn.Module, widths: dict, sd: dict, path: object) -> None
             except (AttributeError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}: module {name!r}: cannot set {attr}={value!r} "
                                  f"({err})") from None
+        if counted:
+            _make_pruned_norm(mods[name], name, counted, path)
     mark_head_pruned(model)
     _refold(model, widths.get("folded", {}), path)
     mods = dict(model.named_modules())
@@ -140,6 +149,18 @@ def apply_widths(model: nn.Module, widths: dict, sd: dict, path: object) -> None
             setattr(mod, attr, nn.Parameter(new, requires_grad=old.requires_grad))
         else:
             mod._buffers[attr] = new
+
+
+def _make_pruned_norm(mod: nn.Module, name: str, counted: dict, path: object) -> None:
+    """A LayerNorm recorded as a ``PrunedLayerNorm`` becomes one again."""
+    if set(counted) != {"full_width", "channel_dim"} or not isinstance(mod, nn.LayerNorm):
+        raise ValueError(f"{path}: module {name!r}: full_width/channel_dim {counted!r} need "
+                         f"both keys on a LayerNorm, not a {type(mod).__name__}")
+    try:
+        to_pruned_layer_norm(mod, tuple(mod.normalized_shape)[0], counted["full_width"],
+                             counted["channel_dim"])
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"{path}: module {name!r}: {err}") from None
 
 
 def _refold(model: nn.Module, folded: dict, path) -> None:

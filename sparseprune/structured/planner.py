@@ -27,6 +27,7 @@ from .search import (
     _search_amounts,
     _target,
 )
+from .surgery import removed_norm_inputs
 
 __all__ = ["Plan", "PlanConfig", "plan"]
 
@@ -50,10 +51,12 @@ class PlanConfig:
         min_ratio: no group keeps less than this fraction of its width.
         protect_output: never change the model's output shape.
         leaf_modules: module types not traced into (their channels are kept).
-        layer_norm: "keep" (default: LayerNorm widths stay, the result is exact) or "prune"
-            (transformer embedding widths shrink too; LayerNorm statistics then cover fewer
-            channels, so the pruned model is close to, not equal to, the masked one: fine-tune).
-            RMSNorm widths are always pruned, exactly.
+        layer_norm: "prune" (default: LayerNorm widths shrink with their group, so residual
+            streams of ConvNeXt-style or transformer blocks can too; exact, the shrunk norms
+            become ``PrunedLayerNorm``s whose statistics still count the removed channels,
+            which are zero -- a norm whose removed channels are not zero in the masked model
+            keeps its width, named in the plan) or "keep" (LayerNorm widths stay). RMSNorm
+            widths always shrink, exactly.
         fold_bn: ``apply()`` folds BatchNorm into the convs (``fold_batchnorm``; inference
             only); a latency budget is then measured folded against the folded unpruned model.
         calibrate: latency budgets only: rounds of measuring the pruned model against the
@@ -86,7 +89,7 @@ class PlanConfig:
     min_ratio: float = 1 / 8
     protect_output: bool = True
     leaf_modules: tuple[type, ...] = ()
-    layer_norm: str = "keep"
+    layer_norm: str = "prune"
     fold_bn: bool = False
     calibrate: int = 8
     tolerance: float = 0.03
@@ -244,11 +247,13 @@ class Plan:
             rounds = ", ".join(f"{m:.1%}" for _, m in self.measured["rounds"])
             lines.insert(1, f"  latency measured: {self.measured['ratio']:.1%} of the unpruned "
                             f"model (budget {c.latency:.1%}; rounds: {rounds})")
-        approx = [n for n, a in self.graph.norms.items() if not self.keep_of(a).all()
+        shrunk = [n for n, a in self.graph.norms.items() if not self.keep_of(a).all()
                   and isinstance(self.graph.model.get_submodule(n), nn.LayerNorm)]
-        if approx:
-            lines.append(f"  approximate (layer_norm='prune', statistics over fewer channels): "
-                         f"{', '.join(approx)}")
+        if shrunk:
+            names = ", ".join(shrunk[:4]) + (f", ... ({len(shrunk)} in all)" if len(shrunk) > 4
+                                             else "")
+            lines.append(f"  LayerNorms that shrink (exact: PrunedLayerNorm, statistics over "
+                         f"the full width): {names}")
         if self.graph.unprunable:
             lines.append("  kept (cannot prove safe to prune):")
             lines += [f"    {u}" for u in self.graph.unprunable]
@@ -316,6 +321,24 @@ def plan(
         raise ValueError(f"pass either config= or keyword options, not both: {sorted(kwargs)}")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    fixed_norms = dict(graph.fixed_norms) if graph is not None else {}
+    while True:
+        result = _plan_once(model, example_inputs, config, graph, timer, progress)
+        bad = removed_norm_inputs(result)
+        if not bad:
+            return result
+        # A norm whose removed channels are not zero in the masked model (a sigmoid, an added
+        # constant on the way) would not stay exact: keep its width and plan again.
+        for name, worst in bad.items():
+            fixed_norms[name] = (f"its removed channels reach it non-zero in the masked model "
+                                 f"(max |x| = {worst:.3g}), so its statistics would change")
+        graph = trace(model, example_inputs, protect_output=config.protect_output,
+                      leaf_modules=config.leaf_modules, layer_norm=config.layer_norm,
+                      grouped=config.grouped, fixed_norms=fixed_norms)
+
+
+def _plan_once(model: nn.Module, example_inputs: tuple, config: PlanConfig,
+               graph: DependencyGraph | None, timer: WallClock | None, progress: bool) -> Plan:
     if graph is None:
         graph = trace(model, example_inputs, protect_output=config.protect_output,
                       leaf_modules=config.leaf_modules, layer_norm=config.layer_norm,

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._modules import eval_mode
 from .mha import mark_head_pruned
+from .norms import PrunedLayerNorm, removed_input_max, to_pruned_layer_norm
 
 if TYPE_CHECKING:
     from .planner import Plan
@@ -88,7 +89,8 @@ def apply_plan(
     for (mod_name, attr), atoms in graph.attrs.items():
         setattr(model.get_submodule(mod_name), attr, int(plan.keep_of(atoms).sum()))
     for mod_name, atoms in graph.norms.items():
-        _shrink_norm(model.get_submodule(mod_name), plan.keep_of(atoms))
+        _shrink_norm(model.get_submodule(mod_name), plan.keep_of(atoms),
+                     graph.norm_dims.get(mod_name, -1))
     mark_head_pruned(model)
     if fold_bn:
         from .fold import fold_batchnorm
@@ -100,23 +102,29 @@ def apply_plan(
     return model
 
 
-def _shrink_norm(mod: nn.Module, kept: np.ndarray) -> None:
-    """Set a LayerNorm/RMSNorm to its kept width (its weight and bias are already sliced).
+def _shrink_norm(mod: nn.Module, kept: np.ndarray, dim: int) -> None:
+    """Set a LayerNorm/RMSNorm to its kept width (its weight and bias are already sliced);
+    ``dim``: the dim of the module's input it normalises.
 
-    RMSNorm stays exact: with the removed channels zero, rms over ``d`` channels equals
-    ``sqrt(d'/d)`` times rms over the ``d'`` kept ones when eps is scaled by ``d/d'``, so the
-    weight is scaled by ``sqrt(d/d')``.
+    Both stay exact, because the removed channels reach them as zeros (``plan`` checks it): a
+    LayerNorm becomes a ``PrunedLayerNorm`` whose mean and variance still count all ``d``
+    channels; for RMSNorm, rms over ``d`` channels equals ``sqrt(d'/d)`` times rms over the
+    ``d'`` kept ones when eps is scaled by ``d/d'``, so the weight is scaled by ``sqrt(d/d')``.
     """
     d, d2 = kept.size, int(kept.sum())
     if d2 == d:
         return
-    mod.normalized_shape = (d2,)
     rms = getattr(nn, "RMSNorm", None)  # torch >= 2.4
-    if rms is not None and isinstance(mod, rms) and d2 > 0:
-        eps = mod.eps if mod.eps is not None else torch.finfo(mod.weight.dtype).eps
-        mod.eps = float(eps) * d / d2
-        with torch.no_grad():
-            mod.weight.mul_((d / d2) ** 0.5)
+    if rms is not None and isinstance(mod, rms):
+        mod.normalized_shape = (d2,)
+        if d2 > 0:
+            eps = mod.eps if mod.eps is not None else torch.finfo(mod.weight.dtype).eps
+            mod.eps = float(eps) * d / d2
+            with torch.no_grad():
+                mod.weight.mul_((d / d2) ** 0.5)
+        return
+    full = mod.full_width if isinstance(mod, PrunedLayerNorm) else d
+    to_pruned_layer_norm(mod, d2, full, getattr(mod, "channel_dim", dim))
 
 
 def _get(model: nn.Module, name: str) -> torch.Tensor:
@@ -144,8 +152,7 @@ def _check(plan: Plan, model: nn.Module) -> None:
 def masked_model(plan: Plan) -> nn.Module:
     """A deep copy of the original with every removed slice set to zero (shapes unchanged).
 
-    The pruned model equals this one on any input, up to float rounding (except where
-    ``layer_norm="prune"`` let a LayerNorm shrink: its statistics then cover fewer channels).
+    The pruned model equals this one on any input, up to float rounding.
     """
     model = copy.deepcopy(plan.graph.model)
     with torch.no_grad():
@@ -156,3 +163,37 @@ def masked_model(plan: Plan) -> nn.Module:
             idx = torch.from_numpy(np.flatnonzero(~mask))
             _get(model, att.tensor).index_fill_(att.dim, idx, 0.0)
     return model
+
+
+def removed_norm_inputs(plan: Plan) -> dict[str, float]:
+    """``{norm module: max |x|}`` over the removed channels of each shrinking LayerNorm /
+    RMSNorm's input in the masked model, on the example inputs, where that is not zero.
+
+    A shrunk norm equals the masked one only when its removed channels are zero there (true
+    when every op between the pruned producers and the norm maps 0 to 0; false after e.g. a
+    sigmoid or an added constant).
+    """
+    graph = plan.graph
+    shrinking = {name: torch.from_numpy(np.flatnonzero(~plan.keep_of(atoms)))
+                 for name, atoms in graph.norms.items() if not plan.keep_of(atoms).all()}
+    if not shrinking:
+        return {}
+    model = masked_model(plan)
+    found: dict[str, float] = {}
+    hooks = []
+    for name, removed in shrinking.items():
+        dim = graph.norm_dims.get(name, -1)
+
+        def hook(_mod, args, name=name, removed=removed, dim=dim):
+            if args and isinstance(args[0], torch.Tensor):
+                worst = removed_input_max(args[0], dim, removed)
+                if worst != 0.0:
+                    found[name] = max(found.get(name, 0.0), worst)
+
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        _run(model, graph.example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found

@@ -103,8 +103,12 @@ def test_attention_heads_removed_whole():
     assert attn.num_heads == 2 and attn.head_dim == 16
     assert attn.qkv.out_features == 3 * 2 * 16 and attn.proj.in_features == 32
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
-    # the residual stream goes through LayerNorm: kept exact, and said so
-    assert any("layer norm" in u.why for u in p.unprunable)
+    # the residual stream goes through LayerNorm: it shrinks exactly by default and is kept,
+    # and said so, with layer_norm="keep"
+    assert small.patch.out_channels < 64
+    kept = plan(model, x, amount=0.5, round_to=1, min_channels=1, layer_norm="keep")
+    assert any("layer_norm='keep'" in u.why for u in kept.unprunable)
+    assert kept.apply().patch.out_channels == 64
 
 
 def test_sdpa_attention_heads():
@@ -150,3 +154,32 @@ def test_shufflenet_shuffle_couples_groups():
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
     # pieces of a chunk stay equal, so the shuffle still pairs them
     assert small.blocks[1].branch2[0].in_channels * 2 == small.blocks[0].branch1[2].out_channels * 2
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "batchnorm"])
+def test_module_called_on_a_model_input_and_on_a_prunable_tensor(kind):
+    """A shared layer whose first call reads the model input (no channel labels) keeps its
+    input width although its second call reads prunable channels: cutting the shared weight
+    would break the first call (found as a failure at apply() before)."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if kind == "batchnorm":
+                self.a, self.shared = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+            elif kind == "conv":
+                self.a, self.shared = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+            else:
+                self.a, self.shared = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.shared(x) + self.shared(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = M().eval()
+    x = torch.randn(2, 8, 3, 3) if kind != "linear" else torch.randn(2, 8)
+    p = plan(model, x, amount=0.5, round_to=1, min_channels=1)
+    small = p.apply()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+    assert small.a.weight.shape[0] == 8  # coupled with the model input through `shared`

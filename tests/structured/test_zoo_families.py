@@ -10,15 +10,17 @@ import torch
 from torch import nn
 
 from sparseprune.structured import plan
+from sparseprune.structured.norms import PrunedLayerNorm
 
 from .macs import assert_macs_agree
 from .models import MODELS, randomize_bn
 from .zoo_models import FAMILIES, ConvNeXt, LayerNorm2d, ResNeXt, randomize
 
 # MAC cut at amount=0.5 with the default floors and rounding (measured: 3.97, 4.12, 2.72, 2.72,
-# 1.62, 1.75); ConvNeXt and ViT keep their block/embedding widths (LayerNorm, exact by default).
+# 3.42, 1.75); ConvNeXt's block widths shrink through its LayerNorms (exact PrunedLayerNorms),
+# the ViT keeps its embedding width (nn.MultiheadAttention's embed_dim).
 MIN_CUT = {"resnext": 3.5, "regnet": 3.5, "efficientnet": 2.4, "mobilenetv3": 2.4,
-           "convnext": 1.4, "vit": 1.5}
+           "convnext": 3.0, "vit": 1.5}
 
 # what the unsafe variant must refuse: (module, words of the reason)
 REFUSED = {
@@ -26,7 +28,7 @@ REFUSED = {
     "regnet": ("head", "reduction over a channel dim"),
     "efficientnet": ("head", "reduction over a channel dim"),
     "mobilenetv3": ("head", "reduction over a channel dim"),
-    "convnext": ("features.0.1", "layer norm statistics"),
+    "convnext": ("classifier.0", "non-zero in the masked model"),
     "vit": ("layers.0.self_attention", "attention weights"),
 }
 
@@ -84,18 +86,27 @@ def test_grouped_convs_shrink_every_group_alike():
     assert isinstance(model, ResNeXt)
 
 
-def test_convnext_width_shrinks_with_layer_norm_prune():
-    """``LayerNorm2d`` (F.layer_norm with keyword affine params) shrinks like nn.LayerNorm;
-    the result is approximate (statistics over fewer channels) but runs."""
-    model, x, p = _case("convnext", layer_norm="prune")
+def test_convnext_width_shrinks_exactly_through_its_layer_norms():
+    """``LayerNorm2d`` (F.layer_norm with keyword affine params, between permutes) and the
+    channels-last nn.LayerNorm shrink with the block width, as ``PrunedLayerNorm``s over the
+    same dim (1 and -1) whose statistics count the removed channels: the result is exact.
+    ``layer_norm="keep"`` keeps the block widths instead."""
+    model, x, p = _case("convnext")
     assert not [u for u in p.unprunable if "layer norm" in u.why]
-    small = p.apply()
+    small = _exact(model, x, p)
     stem_norm = small.features[0][1]
-    assert isinstance(stem_norm, LayerNorm2d) and stem_norm.normalized_shape == (16,)
-    assert stem_norm.weight.shape == (16,)
-    assert small(x).shape == (2, 10)
-    assert isinstance(model, ConvNeXt)
-    assert_macs_agree(p, model, small, x)
+    assert isinstance(stem_norm, PrunedLayerNorm) and isinstance(stem_norm, nn.LayerNorm)
+    assert stem_norm.normalized_shape == (16,) and stem_norm.weight.shape == (16,)
+    assert (stem_norm.full_width, stem_norm.channel_dim) == (32, 1)
+    block_norm = small.features[1].block[2]
+    assert (block_norm.full_width, block_norm.channel_dim) == (32, -1)
+    assert "LayerNorms that shrink (exact" in str(p)
+    assert isinstance(model, ConvNeXt) and isinstance(model.features[0][1], LayerNorm2d)
+    cut = assert_macs_agree(p, model, small, x)
+    kept = plan(model, x, amount=0.5, layer_norm="keep")
+    assert any(u.module == "features.0.1" and "layer_norm='keep'" in u.why
+               for u in kept.unprunable)
+    assert cut > 1.5 * assert_macs_agree(kept, model, _exact(model, x, kept), x)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -235,8 +235,13 @@ class CNBlock(nn.Module):
 
 
 class ConvNeXt(nn.Module):
-    def __init__(self, classes: int = 10, dims: tuple[int, int] = (32, 64)) -> None:
+    """``unsafe``: a sigmoid gate before the classifier's LayerNorm, so removed channels reach
+    it as sigmoid(0) = 0.5, not zero: its width (the last stage's) cannot shrink exactly."""
+
+    def __init__(self, classes: int = 10, dims: tuple[int, int] = (32, 64),
+                 unsafe: bool = False) -> None:
         super().__init__()
+        self.unsafe = unsafe
         a, b = dims
         self.features = nn.Sequential(
             nn.Sequential(nn.Conv2d(3, a, 4, 4), LayerNorm2d(a, eps=1e-6)),
@@ -249,7 +254,8 @@ class ConvNeXt(nn.Module):
                                         nn.Linear(b, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.avgpool(self.features(x)))
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.sigmoid(x) if self.unsafe else x)
 
 
 # ---- ViT with nn.MultiheadAttention -------------------------------------------------------------
@@ -326,6 +332,6 @@ FAMILIES = {
     "regnet": (lambda unsafe=False: RegNet(unsafe=unsafe), (2, 3, 32, 32)),
     "efficientnet": (lambda unsafe=False: EfficientNet(unsafe=unsafe), (2, 3, 32, 32)),
     "mobilenetv3": (lambda unsafe=False: EfficientNet(unsafe=unsafe, v3=True), (2, 3, 32, 32)),
-    "convnext": (lambda unsafe=False: ConvNeXt(), (2, 3, 32, 32)),
+    "convnext": (lambda unsafe=False: ConvNeXt(unsafe=unsafe), (2, 3, 32, 32)),
     "vit": (lambda unsafe=False: VisionTransformer(unsafe=unsafe), (2, 3, 32, 32)),
 }

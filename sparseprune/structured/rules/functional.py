@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from torch import nn
 
 from .core import (
     FUNCTION_RULES,
@@ -125,9 +126,11 @@ def _f_layer_norm(ctx: _Ctx) -> Any:
     """``F.layer_norm(x, normalized_shape, weight, bias, eps)``, e.g. torchvision's
     ``LayerNorm2d.forward`` (fx records weight and bias as keywords there).
 
-    With ``layer_norm="prune"`` the width shrinks when the calling module is a LayerNorm that
-    owns ``weight``/``bias`` and whose ``normalized_shape`` is read at run time (the surgery
-    rewrites it); otherwise the channels and the affine parameters are kept.
+    The width shrinks (with ``layer_norm="prune"``, the default) when the calling module is a
+    LayerNorm that owns ``weight``/``bias`` and whose forward is only ``F.layer_norm``, maybe
+    between a permute and its inverse: the surgery then swaps that module for a
+    ``PrunedLayerNorm`` over the same dim of its input. Otherwise the channels and the affine
+    parameters are kept.
     """
     shape = ctx.val(ctx.arg(1, "normalized_shape"))
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -135,22 +138,28 @@ def _f_layer_norm(ctx: _Ctx) -> Any:
     n = len(shape)
     affine = [a for a in (ctx.arg(2, "weight"), ctx.arg(3, "bias")) if a is not None]
     owner = _norm_owner(ctx, shape, affine)
-    if n == 1 and tl[-1] is not None and owner is not None and ctx.graph.layer_norm == "prune":
-        lab = tl[-1]
-        for a in affine:
-            ctx.graph.unify(ctx.tl(a)[0], lab)
-            att = ctx.graph.attachments.get((str(a.target), 0))
-            if att is not None:  # scored like nn.LayerNorm's weight, not as a conv weight
-                att.kind = "norm" if a.target.endswith("weight") else "bias"
-        if owner in ctx.graph.norms:
-            ctx.graph.unify(ctx.graph.norms[owner], lab)
-        ctx.graph.norms[owner] = lab
-        return tl
-    why = ("layer norm statistics over the channel dim would change (kept exact; "
-           "layer_norm='prune' allows it, approximately)" if owner is not None else
-           "F.layer_norm outside a LayerNorm module that owns its weight (width kept)")
-    ctx.fix([*tl[-n:], *(ctx.lab(a) for a in affine)], why)
-    return tl[:-n] + (None,) * n
+    dim = _owner_dim(ctx, owner) if owner is not None and n == 1 else None
+    why = None
+    if owner is None:
+        why = "F.layer_norm outside a LayerNorm module that owns its weight (width kept)"
+    elif ctx.graph.layer_norm != "prune":
+        why = "layer norm statistics over the channel dim (kept: layer_norm='keep')"
+    elif dim is None:
+        why = (f"{type(ctx.graph.model.get_submodule(owner)).__name__}.forward does more than "
+               "F.layer_norm between a permute and its inverse (width kept)")
+    else:
+        why = ctx.graph.fixed_norms.get(owner)
+    if why is not None or tl[-1] is None:
+        ctx.fix([*tl[-n:], *(ctx.lab(a) for a in affine)], why or "layer norm (kept)")
+        return tl[:-n] + (None,) * n
+    lab = tl[-1]
+    for a in affine:
+        ctx.graph.unify(ctx.tl(a)[0], lab)
+        att = ctx.graph.attachments.get((str(a.target), 0))
+        if att is not None:  # scored like nn.LayerNorm's weight, not as a conv weight
+            att.kind = "norm" if a.target.endswith("weight") else "bias"
+    ctx.graph.add_norm(owner, lab, dim)
+    return tl
 
 
 def _norm_owner(ctx: _Ctx, shape: tuple, affine: list) -> str | None:
@@ -160,13 +169,64 @@ def _norm_owner(ctx: _Ctx, shape: tuple, affine: list) -> str | None:
     if name is None:
         return None
     m = ctx.graph.model.get_submodule(name)
-    if tuple(getattr(m, "normalized_shape", ())) != shape:
+    if not isinstance(m, nn.LayerNorm) or tuple(m.normalized_shape) != shape:
         return None
     for a in affine:
         if not (isinstance(a, fx.Node) and a.op == "get_attr"
                 and str(a.target) in (f"{name}.weight", f"{name}.bias")):
             return None
     return name
+
+
+def _owner_dim(ctx: _Ctx, owner: str) -> int | None:
+    """The dim of ``owner``'s input that its ``F.layer_norm`` normalises (-1: the last), when
+    the owner's forward computes nothing else: ``[permute ->] layer_norm [-> inverse
+    permute]``, the permute reading the module's input. None otherwise."""
+    ln = ctx.node
+    inner = [m for m in ln.graph.nodes if m.op in ("call_function", "call_method", "call_module")
+             and _innermost(m) == owner]
+    if inner == [ln]:
+        return -1 if _outside(ln.args[0], owner) else None
+    if len(inner) != 3 or inner[1] is not ln:
+        return None
+    before, after = inner[0], inner[2]
+    dims_in, dims_out = _permute_dims(ctx, before), _permute_dims(ctx, after)
+    if dims_in is None or dims_out is None or ln.args[0] is not before or \
+            list(ln.users) != [after] or after.args[0] is not ln or \
+            not _outside(before.args[0], owner):
+        return None
+    if [dims_in[d] for d in dims_out] != list(range(len(dims_in))):
+        return None  # the second permute does not undo the first
+    return dims_in[-1] if dims_in[-1] != len(dims_in) - 1 else -1
+
+
+def _innermost(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _outside(node: Any, owner: str) -> bool:
+    """``node`` is computed outside ``owner`` (so it is the module's input)."""
+    if not isinstance(node, fx.Node):
+        return False
+    name = _innermost(node) if node.op != "call_module" else str(node.target)
+    return name is None or (name != owner and not name.startswith(owner + "."))
+
+
+def _permute_dims(ctx: _Ctx, node: fx.Node) -> list[int] | None:
+    """The dims of a ``x.permute(...)`` / ``torch.permute(x, dims)`` node, else None."""
+    if node.op == "call_method" and node.target == "permute":
+        dims = ctx.val(node.args[1:])
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+    elif node.op == "call_function" and node.target is torch.permute:
+        dims = ctx.val(node.args[1] if len(node.args) > 1 else node.kwargs.get("dims"))
+    else:
+        return None
+    if not isinstance(dims, (tuple, list)) or not all(isinstance(d, int) for d in dims):
+        return None
+    rank = len(dims)
+    dims = [d % rank for d in dims]
+    return dims if sorted(dims) == list(range(rank)) else None
 
 
 # ---- spatial ops: pooling, interpolation --------------------------------------------------------

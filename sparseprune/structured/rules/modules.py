@@ -96,9 +96,9 @@ def _conv(ctx: _Ctx) -> Any:
     w, b = f"{name}.weight", f"{name}.bias"
     ctx.fix(list(tl[cd + 1 :]), "conv over a channel-labelled spatial dim")
     if groups == 1:
-        if lin is not None:
-            g.attach(w, 1, lin, "weight")
-            g.set_attr(name, "in_channels", lin)
+        lin = lin if lin is not None else g.pinned_block(cin, name)
+        g.attach(w, 1, lin, "weight")
+        g.set_attr(name, "in_channels", lin)
         out = g.new_block(cout, name)
         per_in = lin
     elif groups == cin:  # depthwise (channel multiplier cout // cin)
@@ -123,13 +123,12 @@ def _conv(ctx: _Ctx) -> Any:
     else:  # grouped: every group loses the same positions, the group count stays
         # (also with grouped="groups" when the input channels cannot shrink: the output
         # positions still can)
-        per_in = None
-        if lin is not None:
-            grid = lin.reshape(groups, cin // groups)
-            g.unify(grid, grid[:1])
-            per_in = grid[0]
-            g.attach(w, 1, per_in, "weight")
-            g.set_attr(name, "in_channels", np.tile(per_in, groups))
+        lin = lin if lin is not None else g.pinned_block(cin, name)
+        grid = lin.reshape(groups, cin // groups)
+        g.unify(grid, grid[:1])
+        per_in = grid[0]
+        g.attach(w, 1, per_in, "weight")
+        g.set_attr(name, "in_channels", np.tile(per_in, groups))
         # one unit is the same position in every group: ``groups`` channels
         out = g.new_block(cout // groups, name, tile=groups)
     g.attach(w, 0, out, "weight")
@@ -158,9 +157,9 @@ def _conv_transpose(ctx: _Ctx) -> Any:
         return _unknown(ctx, "grouped ConvTranspose or explicit output_size")
     lin = tl[cd]
     w = f"{name}.weight"
-    if lin is not None:
-        g.attach(w, 0, lin, "weight")
-        g.set_attr(name, "in_channels", lin)
+    lin = lin if lin is not None else g.pinned_block(m.in_channels, name)
+    g.attach(w, 0, lin, "weight")
+    g.set_attr(name, "in_channels", lin)
     out = g.new_block(m.out_channels, name)
     g.attach(w, 1, out, "weight")
     if m.bias is not None:
@@ -178,10 +177,9 @@ def _linear(ctx: _Ctx) -> Any:
     x = ctx.val(ctx.node.args[0])
     tl = ctx.tl(ctx.node.args[0])
     g = ctx.graph
-    lin = tl[-1]
-    if lin is not None:
-        g.attach(f"{name}.weight", 1, lin, "weight")
-        g.set_attr(name, "in_features", lin)
+    lin = tl[-1] if tl[-1] is not None else g.pinned_block(m.in_features, name)
+    g.attach(f"{name}.weight", 1, lin, "weight")
+    g.set_attr(name, "in_features", lin)
     out = g.new_block(m.out_features, name)
     g.attach(f"{name}.weight", 0, out, "weight")
     if m.bias is not None:
@@ -213,13 +211,12 @@ def _batchnorm(ctx: _Ctx) -> Any:
     tl = ctx.tl(ctx.node.args[0])
     if x.dim() < 2:
         return _unknown(ctx, "unbatched normalisation")
-    lab = tl[1]
-    if lab is not None:
-        for pname, kind in (("weight", "norm"), ("bias", "bias"), ("running_mean", "stat"),
-                            ("running_var", "stat")):
-            if getattr(m, pname, None) is not None:
-                ctx.graph.attach(f"{name}.{pname}", 0, lab, kind)
-        ctx.graph.set_attr(name, "num_features", lab)
+    lab = tl[1] if tl[1] is not None else ctx.graph.pinned_block(x.shape[1], name)
+    for pname, kind in (("weight", "norm"), ("bias", "bias"), ("running_mean", "stat"),
+                        ("running_var", "stat")):
+        if getattr(m, pname, None) is not None:
+            ctx.graph.attach(f"{name}.{pname}", 0, lab, kind)
+    ctx.graph.set_attr(name, "num_features", lab)
     return tl
 
 
@@ -244,30 +241,38 @@ def _groupnorm(ctx: _Ctx) -> Any:
 
 @register_module_rule(nn.LayerNorm, *([_RMSNorm] if _RMSNorm is not None else []))
 def _layernorm(ctx: _Ctx) -> Any:
+    """nn.LayerNorm / RMSNorm (and a ``PrunedLayerNorm`` from an earlier round, which may
+    normalise dim 1). The width shrinks with its group, exactly: RMSNorm by rescaling its
+    weight and eps, LayerNorm by becoming a ``PrunedLayerNorm`` whose statistics still count
+    the removed (zero) channels; ``layer_norm="keep"`` keeps LayerNorm widths."""
     name = str(ctx.node.target)
     m = ctx.graph.model.get_submodule(name)
     tl = ctx.tl(ctx.node.args[0])
     n = len(m.normalized_shape)
+    dim = getattr(m, "channel_dim", -1)
     rms = _RMSNorm is not None and isinstance(m, _RMSNorm)
-    # RMSNorm over the kept channels is exact once weight and eps are rescaled (surgery);
-    # LayerNorm's mean is not, so it only shrinks when the user accepts that.
-    ok = n == 1 and tl[-1] is not None and (
-        (rms and m.weight is not None) or (not rms and ctx.graph.layer_norm == "prune")
-    )
-    if not ok:
-        why = ("layer norm statistics over the channel dim would change (kept exact; "
-               "layer_norm='prune' allows it, approximately)" if not rms else
-               "RMSNorm without weight (or over several dims) cannot be rescaled (kept)")
-        ctx.fix(list(tl[-n:]), why)
-        return tl[:-n] + (None,) * n
-    lab = tl[-1]
+    if len(tl) < max(n, dim + 1):
+        return tl
+    dims = list(range(len(tl) - n, len(tl))) if dim == -1 else [dim]
+    if all(tl[d] is None for d in dims):
+        return tl
+    if n != 1:
+        why = "layer norm over several dims (kept)"
+    elif rms and m.weight is None:
+        why = "RMSNorm without weight cannot be rescaled (kept)"
+    elif not rms and ctx.graph.layer_norm != "prune":
+        why = "layer norm statistics over the channel dim (kept: layer_norm='keep')"
+    else:
+        why = ctx.graph.fixed_norms.get(name)
+    if why is not None:
+        ctx.fix([tl[d] for d in dims], why)
+        return tuple(None if i in dims else lab for i, lab in enumerate(tl))
+    lab = tl[dims[0]]
     if m.weight is not None:
         ctx.graph.attach(f"{name}.weight", 0, lab, "norm")
     if getattr(m, "bias", None) is not None:
         ctx.graph.attach(f"{name}.bias", 0, lab, "bias")
-    if name in ctx.graph.norms:
-        ctx.graph.unify(ctx.graph.norms[name], lab)
-    ctx.graph.norms[name] = lab
+    ctx.graph.add_norm(name, lab, dim)
     return tl
 
 
