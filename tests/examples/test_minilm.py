@@ -175,6 +175,18 @@ def test_sentences_clean():
         assert not re.search(r"(?<![\w*])\*[A-Za-z][\w ]*\*(?![\w*])", x)  # emphasis removed
 
 
+def test_docstring_sentences_are_extra_training_text_only():
+    """The standard library's docstrings: clean, distinct, none a help-topic sentence (so none
+    held out or used for calibration), the same on every call."""
+    d = text.docstring_sentences()
+    if not d:
+        pytest.skip("this Python has no standard-library sources to read docstrings from")
+    assert d == text.docstring_sentences() and len(d) == len(set(d)) > 3000
+    assert not set(d) & set(text.sentences())
+    for x in d[::50]:
+        assert 6 <= len(x.split()) <= 60 and x == " ".join(x.split()) and x[-1] in ".!?"
+
+
 def test_splits_too_many():
     n = len(text.sentences())
     with pytest.raises(ValueError, match=f"only {n} exist"):
