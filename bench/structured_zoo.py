@@ -9,10 +9,11 @@ runs on a copy, whatever sparseprune's outcome, and its MAC cut (counted with ``
 too, so that the two cuts compare) and seconds are printed beside. Prints a Markdown table;
 ``--plans FILE`` also writes every plan (widths, ops kept and why).
 
-The two differ by design in two ways that show in the cuts: sparseprune's default floors
-(``round_to=16``, ``min_channels=16``) keep narrow layers (16-channel stems, SE squeezes) that
-TP halves, and LayerNorm widths are kept unless ``layer_norm="prune"`` (TP shrinks them, so its
-ConvNeXt / Swin / ViT are not equal to their masked originals). Torch-Pruning 1.6.1 needs more
+With the defaults (no rounding, floor 1/8 of a width, LayerNorm widths pruned exactly) the two
+cut the same channels of the conv families; TP's shrunk LayerNorms (ConvNeXt, Swin, ViT) are not
+equal to their masked originals, sparseprune's are (``PrunedLayerNorm``). ``--round-to`` and
+``--min-channels`` plan with other floors (the 16/16 of the first tables: ``--round-to 16
+--min-channels 16``). Torch-Pruning 1.6.1 needs more
 than 10 GB on a 224x224 Swin or MaxViT: run those with ``--no-tp`` on a small machine.
 
     PYTHONPATH=. python bench/structured_zoo.py                     # every model (long)
@@ -111,21 +112,23 @@ def run_tp(model: nn.Module, x: torch.Tensor) -> tuple[str, float, float]:
     return "ok", macs0 / macs1, seconds
 
 
-def run_one(name: str, factory, size: int, with_tp: bool, plans=None) -> dict:
+def run_one(name: str, factory, size: int, with_tp: bool, plans=None,
+            options: dict | None = None) -> dict:
     torch.manual_seed(0)
     model = factory().eval()
     x = torch.randn(1, 3, size, size)
     row = {"model": name, "params": count_params(model), "macs": count_macs(model, x)}
-    row.update(_run_sparseprune(model, x, row["macs"], plans, name))
+    row.update(_run_sparseprune(model, x, row["macs"], plans, name, options or {}))
     if with_tp:  # beside sparseprune, whatever its outcome
         row["tp"] = run_tp(model, x)
     return row
 
 
-def _run_sparseprune(model: nn.Module, x: torch.Tensor, macs: int, plans, name: str) -> dict:
+def _run_sparseprune(model: nn.Module, x: torch.Tensor, macs: int, plans, name: str,
+                     options: dict) -> dict:
     t0 = time.perf_counter()
     try:
-        p = plan(model, x, amount=0.5)
+        p = plan(model, x, amount=0.5, **options)
     except Exception as exc:
         return {"outcome": f"plan fails: {type(exc).__name__}: {str(exc)[:80]}"}
     plan_s = time.perf_counter() - t0
@@ -152,7 +155,10 @@ def main() -> int:
     ap.add_argument("--local", action="store_true", help="the small test families instead")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning even if installed")
     ap.add_argument("--plans", help="write every plan (print(plan)) to this file")
+    ap.add_argument("--round-to", type=int, default=1, help="plan option (default 1)")
+    ap.add_argument("--min-channels", type=int, default=1, help="plan option (default 1)")
     args = ap.parse_args()
+    options = {"round_to": args.round_to, "min_channels": args.min_channels}
     torch.set_num_threads(1)
     if args.local:
         models = local_models()
@@ -175,7 +181,7 @@ def main() -> int:
     print("|" + "---|" * (head.count("|") - 1))
     plans = open(args.plans, "w") if args.plans else None  # noqa: SIM115 (closed below)
     for name, factory, size in models:
-        r = run_one(name, factory, size, with_tp, plans)
+        r = run_one(name, factory, size, with_tp, plans, options)
         if "macs_after" in r:
             line = (f"| {name} | {r['outcome']} | {r['params']:,} | {r['params_after']:,} | "
                     f"{r['macs'] / 1e9:.3f} | {r['macs_after'] / 1e9:.3f} | "

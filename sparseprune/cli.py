@@ -396,10 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--latency", type=float,
                         help="latency budget, a fraction in (0, 1] of the unpruned model's, "
                         "measured on this CPU (table cached in ~/.cache/sparseprune)")
-    chan.add_argument("--round-to", type=int, default=16,
-                      help="widths become multiples of this (default 16; 1 disables)")
-    chan.add_argument("--min-channels", type=int, default=16,
-                      help="no group keeps fewer channels (default 16)")
+    chan.add_argument("--round-to", type=int, default=1,
+                      help="widths become multiples of this (default 1: no rounding)")
+    chan.add_argument("--min-channels", type=int, default=1,
+                      help="no group keeps fewer channels (default 1)")
     chan.add_argument("--min-ratio", type=float, default=1 / 8,
                       help="no group keeps less than this fraction of its width (default 1/8)")
     chan.add_argument("--ignore", action="append", default=[], metavar="GLOB",

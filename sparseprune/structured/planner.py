@@ -84,8 +84,8 @@ class PlanConfig:
     latency: float | None = None
     importance: str | Importance = "l2"
     scope: str = "local"
-    round_to: int = 16
-    min_channels: int = 16
+    round_to: int = 1
+    min_channels: int = 1
     min_ratio: float = 1 / 8
     protect_output: bool = True
     leaf_modules: tuple[type, ...] = ()
@@ -302,7 +302,7 @@ def plan(
         model: the model (not modified).
         example_inputs: a tensor or tuple of inputs, e.g. ``[1, 3, 224, 224]`` float32.
         config: a ``PlanConfig``; or pass its fields as keyword arguments
-            (``amount=0.5, importance="l2", round_to=16, ...``).
+            (``amount=0.5, importance="l2", round_to=8, ...``).
         graph: a dependency graph already traced from this model (reused, not re-traced).
         timer: latency budgets: how time is measured (default ``WallClock()``).
         progress: latency budgets: progress bars while the table is measured and calibrated.
