@@ -18,7 +18,13 @@ import torch.fx as fx
 
 from .labels import FIXED
 from .records import _CostItem
-from .rules import FUNCTION_RULES, METHOD_RULES, MODULE_NAME_RULES, MODULE_RULES
+from .rules import (
+    FUNCTION_NAME_RULES,
+    FUNCTION_RULES,
+    METHOD_RULES,
+    MODULE_NAME_RULES,
+    MODULE_RULES,
+)
 from .rules.core import _Ctx, _flat, _int_arith, _none_labels, _unknown
 
 if TYPE_CHECKING:  # type hints only: the graph imports this module
@@ -137,7 +143,8 @@ class LabelInterpreter(fx.Interpreter):
                 return _unknown(ctx, f"module {type(mod).__name__} is not supported")
             return rule(ctx)
         if n.op == "call_function":
-            rule = FUNCTION_RULES.get(n.target)
+            rule = FUNCTION_RULES.get(n.target) or FUNCTION_NAME_RULES.get(
+                getattr(n.target, "__name__", None))
             if rule is None and not _has_tensor(ctx.result) and not _has_tensor(ctx.val(n.args)):
                 return _int_arith(ctx)
         else:

@@ -18,6 +18,7 @@ from .fold import FOLDED_ATTR, folded_batchnorms
 from .mha import mark_head_pruned
 from .norms import PrunedLayerNorm, to_pruned_layer_norm
 from .rules import HEAD_ATTRS
+from .window_attention import mark_window_pruned
 
 __all__ = ["WIDTH_ATTRS", "apply_widths", "load_pruned", "read_weights_only", "save_pruned",
            "width_config"]
@@ -124,6 +125,7 @@ def apply_widths(model: nn.Module, widths: dict, sd: dict, path: object) -> None
         if counted:
             _make_pruned_norm(mods[name], name, counted, path)
     mark_head_pruned(model)
+    mark_window_pruned(model)
     _refold(model, widths.get("folded", {}), path)
     mods = dict(model.named_modules())
     for key, shape in widths["shapes"].items():

@@ -20,6 +20,7 @@ from torch import nn
 from .._modules import eval_mode
 from .mha import mark_head_pruned
 from .norms import PrunedLayerNorm, removed_input_max, to_pruned_layer_norm
+from .window_attention import mark_window_pruned
 
 if TYPE_CHECKING:
     from .planner import Plan
@@ -92,6 +93,7 @@ def apply_plan(
         _shrink_norm(model.get_submodule(mod_name), plan.keep_of(atoms),
                      graph.norm_dims.get(mod_name, -1))
     mark_head_pruned(model)
+    mark_window_pruned(model)
     if fold_bn:
         from .fold import fold_batchnorm
 

@@ -2,9 +2,10 @@
 
 Each rule gets a ``_Ctx`` (node, argument values and labels, the real result) and returns the
 labels of the result. Rules are found by module type (``MODULE_RULES``), by function object
-(``FUNCTION_RULES``), by method name (``METHOD_RULES``) or, for modules of libraries not imported
-here, by class name (``MODULE_NAME_RULES``); an op with no rule pins every channel of
-its inputs and is named in the plan. ``register_module_rule`` lets users add module types.
+(``FUNCTION_RULES``), by method name (``METHOD_RULES``) or, for modules and fx-wrapped functions
+of libraries not imported here, by name (``MODULE_NAME_RULES``, ``FUNCTION_NAME_RULES``); an
+op with no rule pins every channel of its inputs and is named in the plan.
+``register_module_rule`` lets users add module types.
 
 The rules are split by what they cover; importing this package registers all of them:
 
@@ -13,7 +14,8 @@ The rules are split by what they cover; importing this package registers all of 
 - ``shapes.py``: size queries, transpose/permute, (un)squeeze, expand/repeat, view/reshape;
 - ``indexing.py``: getitem, chunk/split/unbind, cat/stack;
 - ``modules.py``: module rules (activations, pooling, conv, linear, embedding, norms, PReLU);
-- ``attention.py``: ``nn.MultiheadAttention`` and the head-count attributes ``HEAD_ATTRS``.
+- ``attention.py``: ``nn.MultiheadAttention`` and the head-count attributes ``HEAD_ATTRS``;
+- ``window.py``: Swin's window attention and patch merging (torchvision, matched by name).
 
 The fx interpreter that applies them is ``sparseprune.structured.interpreter``.
 """
@@ -24,9 +26,10 @@ from typing import Any
 
 # The rule modules register their rules on import (the order does not matter: no two of them
 # register the same key).
-from . import attention, functional, indexing, modules, shapes  # noqa: F401
+from . import attention, functional, indexing, modules, shapes, window  # noqa: F401
 from .attention import HEAD_ATTRS
 from .core import (
+    FUNCTION_NAME_RULES,
     FUNCTION_RULES,
     METHOD_RULES,
     MODULE_NAME_RULES,
@@ -42,6 +45,7 @@ from .core import _none_labels as _none_labels
 from .core import _unknown as _unknown
 
 __all__ = [
+    "FUNCTION_NAME_RULES",
     "FUNCTION_RULES",
     "HEAD_ATTRS",
     "METHOD_RULES",

@@ -121,6 +121,10 @@ MODULE_RULES: dict[type, Rule] = {}
 # traced as leaves so that the rule, not their inlined or fx-wrapped body, decides.
 MODULE_NAME_RULES: dict[str, Rule] = {}
 FUNCTION_RULES: dict[Any, Rule] = {}
+# Rules by function name, for fx-wrapped functions of libraries we do not import (torchvision's
+# ``_patch_merging_pad``); used only when no rule is filed under the function object, and the
+# rule checks on the example input that the function computes what it expects.
+FUNCTION_NAME_RULES: dict[str, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 
 
@@ -141,6 +145,7 @@ def _registrar(table: dict) -> Callable[..., Callable[[Rule], Rule]]:
 _module_rule = _registrar(MODULE_RULES)
 _module_name_rule = _registrar(MODULE_NAME_RULES)
 _function_rule = _registrar(FUNCTION_RULES)
+_function_name_rule = _registrar(FUNCTION_NAME_RULES)
 _method_rule = _registrar(METHOD_RULES)
 
 
