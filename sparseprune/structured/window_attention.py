@@ -1,13 +1,15 @@
-"""Shifted-window attention (torchvision's Swin V1/V2 ``ShiftedWindowAttention[V2]``) after
-pruning heads or the embedding width.
+"""Windowed attention of torchvision's Swin V1/V2 (``ShiftedWindowAttention[V2]``) and MaxViT
+(``RelativePositionalMultiHeadAttention``) after pruning heads or the embedding width.
 
 torchvision computes it in ``shifted_window_attention(x, qkv.weight, proj.weight, ...)``, which
 takes the head width from the input (``C // num_heads``) and reshapes the heads' output back to
 ``C``: once heads are removed (inner width ``num_heads * head_dim`` below the input width) or the
 input width shrinks, that no longer holds. :func:`window_attention` is the same computation with
 the head width read from ``qkv.weight`` (``rows / 3 / num_heads``), the inner and output widths
-apart from the input's; :func:`mark_window_pruned` gives each pruned module a forward calling it
-(an instance attribute, so the module keeps its class, methods and state_dict keys).
+apart from the input's. MaxViT's attention reshapes the heads' output to its input width
+``D``; :func:`grid_attention` reshapes it to ``n_heads * head_dim`` instead.
+:func:`mark_window_pruned` gives each pruned module a :class:`PrunedAttentionForward` (an
+instance attribute, so the module keeps its class, methods and state_dict keys).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["WINDOW_ATTENTION", "WindowAttentionForward", "is_window_attention",
-           "mark_window_pruned", "window_attention"]
+__all__ = ["GRID_ATTENTION", "WINDOW_ATTENTION", "PrunedAttentionForward", "grid_attention",
+           "is_grid_attention", "is_window_attention", "mark_window_pruned", "window_attention"]
 
 #: class names of the window-attention modules handled by name (torchvision's Swin V1 and V2).
 WINDOW_ATTENTION = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
+#: torchvision's MaxViT attention over window or grid partitions ``[B, G, P, D]``.
+GRID_ATTENTION = ("RelativePositionalMultiHeadAttention",)
 
 
 def is_window_attention(m: nn.Module) -> bool:
@@ -117,34 +121,70 @@ def window_attention(x: Tensor, qkv_weight: Tensor, proj_weight: Tensor, bias: T
     return x[:, :h, :w, :].contiguous()
 
 
-class WindowAttentionForward:
-    """The forward of a pruned window-attention module (set as its ``forward`` attribute):
-    :func:`window_attention` with the module's parameters and settings. Picklable and
-    deep-copyable with the module it refers to."""
+def _swin_forward(m: nn.Module, x: Tensor) -> Tensor:
+    return window_attention(
+        x, m.qkv.weight, m.proj.weight, m.get_relative_position_bias(), m.window_size,
+        m.num_heads, m.shift_size, attention_dropout=m.attention_dropout, dropout=m.dropout,
+        qkv_bias=m.qkv.bias, proj_bias=m.proj.bias, logit_scale=getattr(m, "logit_scale", None),
+        training=m.training)
 
-    def __init__(self, module: nn.Module) -> None:
+
+def is_grid_attention(m: nn.Module) -> bool:
+    """``m`` is shaped like torchvision's MaxViT ``RelativePositionalMultiHeadAttention``."""
+    return (type(m).__name__ in GRID_ATTENTION
+            and isinstance(getattr(m, "to_qkv", None), nn.Linear)
+            and isinstance(getattr(m, "merge", None), nn.Linear)
+            and isinstance(getattr(m, "n_heads", None), int)
+            and isinstance(getattr(m, "head_dim", None), int)
+            and isinstance(getattr(m, "scale_factor", None), float)
+            and callable(getattr(m, "get_relative_positional_bias", None)))
+
+
+def grid_attention(m: nn.Module, x: Tensor) -> Tensor:
+    """MaxViT's relative-position attention of module ``m`` on ``x`` ``[B, G, P, D]`` (G
+    partitions of P tokens) with ``m.n_heads`` heads of ``m.head_dim``; ``[B, G, P, D_out]``.
+    The key scale stays ``m.scale_factor`` (torchvision's ``feat_dim ** -0.5``)."""
+    b, g, p, _ = x.shape
+    h, dh = m.n_heads, m.head_dim
+    q, k, v = (t.reshape(b, g, p, h, dh).permute(0, 1, 3, 2, 4)
+               for t in torch.chunk(m.to_qkv(x), 3, dim=-1))
+    scores = q @ (k * m.scale_factor).transpose(-2, -1) + m.get_relative_positional_bias()
+    out = F.softmax(scores, dim=-1) @ v
+    return m.merge(out.permute(0, 1, 3, 2, 4).reshape(b, g, p, h * dh))
+
+
+class PrunedAttentionForward:
+    """The forward of a pruned attention module (set as its ``forward`` attribute): ``fn(module,
+    x)`` with a module-level ``fn``. Picklable and deep-copyable with its module."""
+
+    def __init__(self, module: nn.Module, fn) -> None:
         self.module = module
+        self.fn = fn
 
     def __call__(self, x: Tensor) -> Tensor:
-        m = self.module
-        return window_attention(
-            x, m.qkv.weight, m.proj.weight, m.get_relative_position_bias(), m.window_size,
-            m.num_heads, m.shift_size, attention_dropout=m.attention_dropout,
-            dropout=m.dropout, qkv_bias=m.qkv.bias, proj_bias=m.proj.bias,
-            logit_scale=getattr(m, "logit_scale", None), training=m.training)
+        return self.fn(self.module, x)
 
 
-def _pruned(m: nn.Module) -> bool:
-    """The inner width (q's rows) or the output width differs from the input width, which
-    torchvision's function assumes."""
-    c = m.qkv.in_features
-    return m.qkv.out_features != 3 * c or m.proj.out_features != c or m.proj.in_features != c
+def _pruned_forward(m: nn.Module):
+    """The forward ``m`` needs once pruned, or None while torchvision's own still fits (its
+    inner and output widths equal its input width)."""
+    if is_window_attention(m):
+        a, b = m.qkv, m.proj
+        fn = _swin_forward
+    elif is_grid_attention(m):
+        a, b = m.to_qkv, m.merge
+        fn = grid_attention
+    else:
+        return None
+    c = a.in_features
+    return fn if (a.out_features != 3 * c or b.out_features != c or b.in_features != c) else None
 
 
 def mark_window_pruned(model: nn.Module) -> None:
-    """Give each pruned window-attention module of ``model`` a :class:`WindowAttentionForward`
-    (after the surgery, and in ``load_pruned`` once the widths are set)."""
+    """Give each pruned Swin / MaxViT attention module of ``model`` a
+    :class:`PrunedAttentionForward` (after the surgery, and in ``load_pruned`` once the widths
+    are set)."""
     for m in model.modules():
-        if is_window_attention(m) and _pruned(m) and \
-                not isinstance(m.__dict__.get("forward"), WindowAttentionForward):
-            m.forward = WindowAttentionForward(m)
+        fn = _pruned_forward(m)
+        if fn is not None and not isinstance(m.__dict__.get("forward"), PrunedAttentionForward):
+            m.forward = PrunedAttentionForward(m, fn)

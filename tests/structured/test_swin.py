@@ -13,7 +13,7 @@ from torch import nn
 
 from sparseprune.structured import load_pruned, plan, save_pruned
 from sparseprune.structured.norms import PrunedLayerNorm
-from sparseprune.structured.window_attention import WindowAttentionForward, window_attention
+from sparseprune.structured.window_attention import PrunedAttentionForward, window_attention
 
 from .macs import assert_macs_agree
 from .swin_models import ShiftedWindowAttention, ShiftedWindowAttentionV2, Swin
@@ -65,7 +65,7 @@ def test_swin_loses_heads_and_embedding_width_exactly(v2, keep_stream, tmp_path)
     assert attn.num_heads == 2 and attn.qkv.out_features == 3 * 2 * 4
     width = 16 if keep_stream else 8
     assert attn.qkv.in_features == small.patch.out_channels == width  # the residual stream
-    assert isinstance(attn.forward, WindowAttentionForward) == keep_stream
+    assert isinstance(attn.forward, PrunedAttentionForward) == keep_stream
     assert isinstance(small.stage1[0].norm1, PrunedLayerNorm) != keep_stream
     if v2:
         assert attn.logit_scale.shape == (2, 1, 1) and attn.cpb_mlp[2].out_features == 2
@@ -81,7 +81,7 @@ def test_swin_loses_heads_and_embedding_width_exactly(v2, keep_stream, tmp_path)
     assert assert_macs_agree(p, model, small, x) > (1.5 if keep_stream else 3.0)
     save_pruned(small, tmp_path / "s.pt")
     loaded = load_pruned(lambda: Swin(v2=v2), tmp_path / "s.pt").eval()
-    assert isinstance(loaded.stage1[0].attn.forward, WindowAttentionForward) == keep_stream
+    assert isinstance(loaded.stage1[0].attn.forward, PrunedAttentionForward) == keep_stream
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), out, atol=0, rtol=0)
     again = plan(small, x, amount=0.3)  # a pruned window attention is planned again

@@ -64,12 +64,19 @@ def _transpose(tl: tuple, a: int, b: int) -> tuple:
     return tuple(out)
 
 
-@_function_rule(torch.transpose)
-@_method_rule("transpose", "transpose_", "swapaxes")
+@_function_rule(torch.transpose, torch.swapdims)
+@_method_rule("transpose", "transpose_", "swapaxes", "swapdims")
 def _transpose_rule(ctx: _Ctx) -> Any:
     x = ctx.node.args[0]
     tl = ctx.tl(x)
     return _transpose(tl, ctx.val(ctx.arg(1, "dim0")), ctx.val(ctx.arg(2, "dim1")))
+
+
+@_function_rule(torch.swapaxes)
+def _swapaxes(ctx: _Ctx) -> Any:
+    """``torch.swapaxes(x, axis0, axis1)`` (MaxViT's grid partition)."""
+    tl = ctx.tl(ctx.node.args[0])
+    return _transpose(tl, ctx.val(ctx.arg(1, "axis0")), ctx.val(ctx.arg(2, "axis1")))
 
 
 @_method_rule("t")

@@ -1,7 +1,8 @@
-"""Swin's pieces, matched by name (torchvision is not imported): ``ShiftedWindowAttention``
-and ``ShiftedWindowAttentionV2`` lose whole heads and their input/output widths follow the
-residual stream; the fx-wrapped ``_patch_merging_pad`` (pad to even sizes, then the four 2x2
-phases concatenated on the channel dim) repeats its input channels four times.
+"""Swin's and MaxViT's pieces, matched by name (torchvision is not imported):
+``ShiftedWindowAttention``, ``ShiftedWindowAttentionV2`` and MaxViT's
+``RelativePositionalMultiHeadAttention`` lose whole heads and their input/output widths follow
+the residual stream; the fx-wrapped ``_patch_merging_pad`` (pad to even sizes, then the four
+2x2 phases concatenated on the channel dim) repeats its input channels four times.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..window_attention import WINDOW_ATTENTION, is_window_attention
+from ..window_attention import (
+    GRID_ATTENTION,
+    WINDOW_ATTENTION,
+    is_grid_attention,
+    is_window_attention,
+)
 from .core import _Ctx, _function_name_rule, _module_name_rule, _unknown
 
 __all__: list[str] = []
@@ -43,25 +49,8 @@ def _window_attention(ctx: _Ctx) -> Any:
     g = ctx.graph
     tl = ctx.tl(ctx.node.args[0])
     lin = tl[-1] if tl[-1] is not None else g.pinned_block(x.shape[-1], name)
-    d = inner_w // h
-    inner = g.new_block(h * d, name)
-    grid = inner.reshape(h, d)
-    g.unify(grid, grid[:, :1])
-    heads = grid[:, 0]
-    qkv, proj = f"{name}.qkv", f"{name}.proj"
-    g.attach(f"{qkv}.weight", 1, lin, "weight")
-    g.set_attr(qkv, "in_features", lin)
-    g.attach(f"{qkv}.weight", 0, np.tile(inner, 3), "weight")
-    if m.qkv.bias is not None:
-        g.attach(f"{qkv}.bias", 0, np.tile(inner, 3), "bias")
-    g.set_attr(qkv, "out_features", np.tile(inner, 3))
-    g.attach(f"{proj}.weight", 1, inner, "weight")
-    g.set_attr(proj, "in_features", inner)
-    out = g.new_block(m.proj.out_features, proj)
-    g.attach(f"{proj}.weight", 0, out, "weight")
-    if m.proj.bias is not None:
-        g.attach(f"{proj}.bias", 0, out, "bias")
-    g.set_attr(proj, "out_features", out)
+    inner, heads = _heads(ctx, name, h, inner_w // h)
+    out = _in_out(ctx, f"{name}.qkv", f"{name}.proj", inner, lin, m.qkv, m.proj)
     if v2:
         g.attach(f"{name}.logit_scale", 0, heads, "weight")
         g.attach(f"{name}.cpb_mlp.2.weight", 0, heads, "weight")
@@ -82,6 +71,68 @@ def _window_attention(ctx: _Ctx) -> Any:
         table = math.prod(m.relative_coords_table.shape[:-1])
         g.add_macs(table * cpb[0].in_features * cpb[0].out_features, [], name)
         g.add_macs(table * cpb[2].in_features * h, [heads], name)
+    g.layer_inputs[name] = tuple(x.shape)
+    return tl[:-1] + (out,)
+
+
+def _heads(ctx: _Ctx, name: str, h: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(inner, heads)``: ``h * d`` atoms, one per head (all ``d`` of a head share it)."""
+    inner = ctx.graph.new_block(h * d, name)
+    grid = inner.reshape(h, d)
+    ctx.graph.unify(grid, grid[:, :1])
+    return inner, grid[:, 0]
+
+
+def _in_out(ctx: _Ctx, qkv: str, proj: str, inner: np.ndarray, lin: np.ndarray,
+            m_qkv, m_proj) -> np.ndarray:
+    """Attach a qkv Linear (input ``lin``, rows q|k|v of ``inner``) and an output Linear
+    (columns ``inner``); returns the output Linear's fresh output atoms."""
+    g = ctx.graph
+    g.attach(f"{qkv}.weight", 1, lin, "weight")
+    g.set_attr(qkv, "in_features", lin)
+    g.attach(f"{qkv}.weight", 0, np.tile(inner, 3), "weight")
+    if m_qkv.bias is not None:
+        g.attach(f"{qkv}.bias", 0, np.tile(inner, 3), "bias")
+    g.set_attr(qkv, "out_features", np.tile(inner, 3))
+    g.attach(f"{proj}.weight", 1, inner, "weight")
+    g.set_attr(proj, "in_features", inner)
+    out = g.new_block(m_proj.out_features, proj)
+    g.attach(f"{proj}.weight", 0, out, "weight")
+    if m_proj.bias is not None:
+        g.attach(f"{proj}.bias", 0, out, "bias")
+    g.set_attr(proj, "out_features", out)
+    return out
+
+
+@_module_name_rule(*GRID_ATTENTION)
+def _grid_attention(ctx: _Ctx) -> Any:
+    """MaxViT's attention over ``[B, G, P, D]`` partitions: whole heads (``to_qkv`` rows in
+    q|k|v chunks, ``merge`` columns, the bias table's head column, ``n_heads``); ``D`` and the
+    output width follow the residual stream. A pruned module gets a forward that reshapes the
+    heads' output to their own width (``window_attention.grid_attention``)."""
+    name = str(ctx.node.target)
+    m = ctx.graph.model.get_submodule(name)
+    x = ctx.val(ctx.node.args[0])
+    ok = (len(ctx.node.args) == 1 and not ctx.node.kwargs and is_grid_attention(m)
+          and isinstance(x, torch.Tensor) and x.dim() == 4)
+    h = getattr(m, "n_heads", 0)
+    if not ok or m.to_qkv.out_features != 3 * h * m.head_dim or \
+            m.merge.in_features != h * m.head_dim or m.to_qkv.in_features != x.shape[-1] or \
+            tuple(m.relative_position_bias_table.shape[1:]) != (h,):
+        return _unknown(ctx, f"{type(m).__name__} called or built unlike torchvision's MaxViT "
+                        "attention")
+    g = ctx.graph
+    tl = ctx.tl(ctx.node.args[0])
+    lin = tl[-1] if tl[-1] is not None else g.pinned_block(x.shape[-1], name)
+    inner, heads = _heads(ctx, name, h, m.head_dim)
+    out = _in_out(ctx, f"{name}.to_qkv", f"{name}.merge", inner, lin, m.to_qkv, m.merge)
+    g.attach(f"{name}.relative_position_bias_table", 1, heads, "weight")
+    g.set_attr(name, "n_heads", heads)
+    b, groups, p, d = x.shape
+    tokens, width = b * groups * p, h * m.head_dim
+    g.add_macs(tokens * d * 3 * width, [inner, lin], name)
+    g.add_macs(2 * tokens * p * width, [inner], name)
+    g.add_macs(tokens * width * m.merge.out_features, [out, inner], name)
     g.layer_inputs[name] = tuple(x.shape)
     return tl[:-1] + (out,)
 
