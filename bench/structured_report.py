@@ -1,6 +1,6 @@
 """Structured pruning speedups: ResNet-18- and MobileNetV2-shaped models, fp32, on this CPU.
 
-For every model, amount (0/30/50/70 % of channels, round_to=16), batch (1, 32) and thread count
+For every model, amount (0/30/50/70 % of channels, plan defaults), batch (1, 32) and thread count
 (1, 2), the pruned model is timed against the unpruned one in the same memory layout, runs
 interleaved (A, B, A, B, ...) so drift hits both alike; the report gives the median-based speedup
 beside the MAC reduction. Prints a Markdown table.
