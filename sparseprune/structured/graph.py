@@ -14,7 +14,7 @@ lists:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,10 +130,54 @@ class DependencyGraph:
     # grouped (not depthwise) convs: "channels" (the same positions leave every group) or
     # "groups" (whole groups leave; the group count shrinks)
     grouped: str = "channels"
+    # width attributes read as reshape literals (``_width_attr`` in rules/shapes.py): the
+    # nodes whose arguments follow the attribute, or None when something else reads it too
+    width_literals: dict[tuple[str, str], set[str] | None] = field(default_factory=dict)
+    retrace: Callable[[], fx.GraphModule] | None = field(default=None, repr=False)
+    _traced_args: dict[str, tuple] | None = field(default=None, repr=False)
     _param_atoms: set[int] = field(default_factory=set, repr=False)
     roots: np.ndarray | None = field(default=None, repr=False)  # atom id -> class, once final
 
     # ---- building blocks used by the op rules -------------------------------------------------
+
+    def literal_readers(self, path: str, attr: str) -> set[str] | None:
+        """Names of the nodes whose arguments change when int attribute ``attr`` of module
+        ``path`` does (found by tracing again with it changed by one), if all of them are
+        view/reshape calls; else None. Cached per attribute."""
+        key = (path, attr)
+        if key not in self.width_literals:
+            self.width_literals[key] = self._readers(path, attr)
+        return self.width_literals[key]
+
+    def _readers(self, path: str, attr: str) -> set[str] | None:
+        if self.retrace is None:
+            return None
+        mod = self.model.get_submodule(path)
+        value = getattr(mod, attr)
+
+        def args_by_name() -> dict[str, tuple]:
+            return {n.name: (n.op, str(n.target), fx.node.map_arg((n.args, n.kwargs),
+                                                                   lambda a: a.name))
+                    for n in self.retrace().graph.nodes}
+
+        try:
+            if self._traced_args is None:
+                self._traced_args = args_by_name()
+            object.__setattr__(mod, attr, value + 1)
+            bumped = args_by_name()
+        except Exception:  # a forward that cannot trace with another value: not proven
+            return None
+        finally:
+            object.__setattr__(mod, attr, value)
+        base = self._traced_args
+        if set(base) != set(bumped):
+            return None
+        changed = {k for k in base if base[k] != bumped[k]}
+        reshapes = {("call_method", "view"), ("call_method", "reshape"),
+                    ("call_function", str(torch.reshape))}
+        if not changed or any(base[k][:2] not in reshapes for k in changed):
+            return None
+        return changed
 
     def add_norm(self, name: str, atoms: np.ndarray, dim: int) -> None:
         """Record that norm module ``name`` normalises ``atoms`` (dim ``dim`` of its input); a
@@ -356,7 +400,8 @@ def trace(
     if grouped not in GROUPED:
         raise ValueError(f"grouped must be one of {GROUPED}; got {grouped!r}")
     graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm,
-                            grouped=grouped, fixed_norms=dict(fixed_norms or {}))
+                            grouped=grouped, fixed_norms=dict(fixed_norms or {}),
+                            retrace=lambda: symbolic_trace(model, leaf_modules))
     with eval_mode(model), torch.no_grad():
         # traced in eval mode: `self.training` branches (dropout, stochastic depth) take the
         # inference path the pruned model is checked on
@@ -365,5 +410,6 @@ def trace(
         with mac_counter() as counter:  # MACs of the ops no rule costs (see the interpreter)
             LabelInterpreter(gm, graph, protect_output=protect_output,
                              flops=counter.get_total_flops).run(*example_inputs)
+    graph.retrace, graph._traced_args = None, None  # only the rules use them, while tracing
     graph.finalize()
     return graph

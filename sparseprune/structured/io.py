@@ -18,6 +18,7 @@ from .fold import FOLDED_ATTR, folded_batchnorms
 from .mha import mark_head_pruned
 from .norms import PrunedLayerNorm, to_pruned_layer_norm
 from .rules import HEAD_ATTRS
+from .rules.shapes import WIDTH_NAME_ATTRS
 from .window_attention import mark_window_pruned
 
 __all__ = ["WIDTH_ATTRS", "apply_widths", "load_pruned", "read_weights_only", "save_pruned",
@@ -28,7 +29,8 @@ FORMAT = "sparseprune.structured/1"
 # Module attributes that describe widths; recorded when they are ints.
 WIDTH_ATTRS = (
     "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "num_groups", "num_channels", "num_parameters", "embedding_dim", *HEAD_ATTRS,
+    "num_groups", "num_channels", "num_parameters", "embedding_dim", "kdim", "vdim",
+    *HEAD_ATTRS, *WIDTH_NAME_ATTRS,
 )
 
 

@@ -152,22 +152,26 @@ class LatencyModel:
         except (OSError, ValueError):
             cache = {}
         self.items = []
-        self.head_items: list[tuple[np.ndarray, np.ndarray]] = []  # (times by GRID, atoms)
-        timed, heads, untimed = [], [], []
+        # (times by GRID, head atoms, embedding atoms, share of the module's MACs that also
+        # scales with the embedding width)
+        self.head_items: list[tuple[np.ndarray, np.ndarray, list[np.ndarray], float]] = []
+        timed, untimed = [], []
+        attention: dict[str, list] = {}  # a timed-by-heads module's MAC items, all of them
         for it in graph.macs_items:
             name = it.module
             m = graph.model.get_submodule(name) if name is not None else None
             if (name in graph.layer_inputs
                     and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))):
                 timed.append((it, m))
-            elif (isinstance(m, nn.MultiheadAttention) and name in graph.attention_calls
-                  and len(it.dims) == 1):
-                heads.append((it, m))
+            elif isinstance(m, nn.MultiheadAttention) and name in graph.attention_calls:
+                attention.setdefault(name, []).append(it)
             else:
                 untimed.append(it)
+        heads = [(items, graph.model.get_submodule(name)) for name, items in attention.items()]
         self.channels_last = channels_last(graph.model)
         todo = [(it, m) for it, m in timed if self._key(it.module, m, graph) not in cache]
-        todo += [(it, m) for it, m in heads if self._heads_key(it.module, m, graph) not in cache]
+        todo += [(items, m) for items, m in heads
+                 if self._heads_key(items[0].module, m, graph) not in cache]
         from tqdm.auto import tqdm
 
         total_layers, timed_macs = 0.0, 0.0
@@ -185,14 +189,20 @@ class LatencyModel:
                 self.items.append((table, dims, not depthwise))
                 total_layers += table[-1, -1]
                 timed_macs += it.base
-            for it, m in heads:
-                key = self._heads_key(it.module, m, graph)
+            for items, m in heads:
+                name = items[0].module
+                key = self._heads_key(name, m, graph)
                 if key not in cache:
-                    shape, need_weights = graph.attention_calls[it.module]
+                    shape, need_weights = graph.attention_calls[name]
                     cache[key] = self._measure_heads(m, shape, need_weights, timer)
                     bar.update()
                 times = np.array(cache[key])
-                self.head_items.append((times, costs.index(it.dims[0])))
+                # every item's first dim is the heads; a second one is the embedding width
+                # (the projections of a self-attention whose embed_dim may shrink)
+                embed = [costs.index(it.dims[1]) for it in items if len(it.dims) > 1]
+                share = sum(it.base for it in items if len(it.dims) > 1) / max(
+                    sum(it.base for it in items), 1.0)
+                self.head_items.append((times, costs.index(items[0].dims[0]), embed, share))
                 total_layers += times[-1]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
@@ -275,9 +285,11 @@ class LatencyModel:
             fin = keep[dims[1]].mean() if has_in and len(dims) > 1 and dims[1].size else (
                 fout if not has_in else 1.0)
             total += _bilinear(table, fin, fout)
-        for times, atoms in self.head_items:
+        for times, atoms, embed, share in self.head_items:
             kept = keep[atoms].mean() if atoms.size else 1.0
-            total += float(np.interp(kept, GRID, times))
+            # timed at the full embedding width; the projections' share scales with it
+            width = float(np.mean([keep[e].mean() for e in embed if e.size])) if embed else 1.0
+            total += float(np.interp(kept, GRID, times)) * (1 - share + share * width)
         return (total + CostModel._scaled(self.mac_items, keep)
                 + CostModel._scaled(self.memory_items, keep))
 

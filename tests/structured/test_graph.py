@@ -5,7 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparseprune.structured import StructuredTraceError, plan, trace
+from sparseprune.structured import (
+    HeadPrunedMultiheadAttention,
+    StructuredTraceError,
+    plan,
+    trace,
+)
 
 from .models import SplitAttention, ViT, randomize_bn
 
@@ -121,25 +126,42 @@ def test_sdpa_attention_heads():
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
 
-def test_multihead_attention_embed_dim_is_kept_and_named():
-    """nn.MultiheadAttention loses heads (see test_mha.py); its embed_dim is kept and named."""
+@pytest.mark.parametrize("cross", [False, True, "uneven"])
+def test_multihead_attention_embed_dim(cross):
+    """nn.MultiheadAttention loses heads (see test_mha.py); in self-attention its embed_dim
+    shrinks with the stream around it (the pruned module runs nn.MultiheadAttention's own
+    forward when heads * head_dim still equals embed_dim); with another key/value tensor it is
+    kept and named."""
     class M(nn.Module):
         def __init__(self):
             super().__init__()
             self.inp = nn.Linear(8, 16)
+            self.mem = nn.Linear(8, 16)
             self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
             self.out = nn.Linear(16, 3)
 
         def forward(self, x):
             h = self.inp(x)
-            return self.out(self.mha(h, h, h)[0])
+            kv = self.mem(x) if cross is True else h
+            return self.out(self.mha(h, kv, kv)[0])
 
-    x = torch.randn(2, 4, 8)
-    p = plan(M(), x, amount=0.5, round_to=1, min_channels=1)
-    assert any(u.module == "mha" and "embed_dim" in u.why for u in p.unprunable)
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(2, 4, 8)
+    p = plan(model, x, amount=0.5, amounts={"inp": 0.25} if cross == "uneven" else None)
     small = p.apply()
-    assert small.mha.num_heads == 1 and small.mha.embed_dim == 16
-    torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+    assert small.mha.num_heads == 1
+    if cross == "uneven":  # embed_dim 12, one head of 8: the head-pruned forward
+        assert small.mha.embed_dim == 12 and isinstance(small.mha, HeadPrunedMultiheadAttention)
+    elif cross:
+        assert any(u.module == "mha" and "embed_dim" in u.why for u in p.unprunable)
+        assert small.mha.embed_dim == 16
+    else:
+        assert small.mha.embed_dim == small.inp.out_features == 8
+        assert small.mha.in_proj_weight.shape == (24, 8) and small.mha.out_proj.weight.shape \
+            == (8, 8)
+        assert type(small.mha) is nn.MultiheadAttention  # 1 head x 8 == embed_dim: no switch
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
 
 def test_shufflenet_shuffle_couples_groups():

@@ -42,7 +42,7 @@ def test_attention_is_timed_by_head_count(cache):
     costs = CostModel(graph)
     table = LatencyModel(graph, costs, HeadClock())
     # 1, 2 and 4 of the 4 heads (the grid's 1/4, 1/2, 1)
-    assert [t.tolist() for t, _ in table.head_items] == [[3e-3, 4e-3, 6e-3]] * 2
+    assert [item[0].tolist() for item in table.head_items] == [[3e-3, 4e-3, 6e-3]] * 2
     keep = costs.full()
     full = table.latency(keep)
     heads0 = np.unique(table.head_items[0][1])
@@ -51,6 +51,13 @@ def test_attention_is_timed_by_head_count(cache):
     assert table.latency(keep) == pytest.approx(full - 2e-3)
     keep[heads0[2]] = False  # 1 of 4 heads left: the grid's first point
     assert table.latency(keep) == pytest.approx(full - 3e-3)
+    # the embedding width (the residual stream): the projections' share of the MACs scales
+    _, _, embed, share = table.head_items[0]
+    assert embed and 0.3 < share < 1.0
+    keep = costs.full()
+    keep[np.unique(np.concatenate(embed))] = False  # no embedding width left: a lower bound
+    low = table.latency(keep)
+    assert low < full
 
 
 def test_keep_heads_matches_zeroing_the_other_heads():

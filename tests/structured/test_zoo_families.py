@@ -17,10 +17,11 @@ from .models import MODELS, randomize_bn
 from .zoo_models import FAMILIES, ConvNeXt, LayerNorm2d, ResNeXt, randomize
 
 # MAC cut at amount=0.5 with the default options (no rounding, floor 1/8 of a width; measured:
-# 3.97, 3.69, 3.22, 3.22, 3.42, 1.75); ConvNeXt's block widths shrink through its LayerNorms
-# (exact PrunedLayerNorms), the ViT keeps its embedding width (nn.MultiheadAttention's embed_dim).
+# 3.97, 3.69, 3.22, 3.22, 3.42, 3.35); ConvNeXt's block widths shrink through its LayerNorms
+# (exact PrunedLayerNorms), the ViT's embedding width too (self-attention embed_dim, the
+# hidden_dim literal of its patch reshape).
 MIN_CUT = {"resnext": 3.5, "regnet": 3.3, "efficientnet": 3.0, "mobilenetv3": 3.0,
-           "convnext": 3.0, "vit": 1.5}
+           "convnext": 3.0, "vit": 3.0}
 
 # what the unsafe variant must refuse: (module, words of the reason)
 REFUSED = {
@@ -116,3 +117,44 @@ def test_macs_agree_on_every_test_model(name):
     model, x = randomize_bn(factory()), make_input()
     p = plan(model, x, amount=0.5, round_to=1, min_channels=1)
     assert assert_macs_agree(p, model, p.apply(), x) > 1
+
+
+def test_vit_embedding_width_shrinks_through_the_hidden_dim_literal():
+    """``reshape(n, self.hidden_dim, ...)``: tracing again with ``hidden_dim`` changed proves
+    the literal is read from it, so the surgery rewrites the attribute; the class token, the
+    position embedding, every LayerNorm and nn.MultiheadAttention's embed_dim shrink with it."""
+    model, x, p = _case("vit")
+    small = _exact(model, x, p)
+    width = small.conv_proj.out_channels
+    assert width < 64 and small.hidden_dim == width
+    assert small.class_token.shape[-1] == small.pos_embedding.shape[-1] == width
+    assert small.layers[0].self_attention.embed_dim == width
+    assert model.hidden_dim == 64  # the original is untouched
+
+
+class _LiteralOnly(nn.Module):
+    """A literal equal to ``hidden_dim`` that is not read from it, and (``twice``) the attribute
+    also read by an op that is not a reshape: neither may rewrite the attribute."""
+
+    def __init__(self, twice: bool) -> None:
+        super().__init__()
+        self.hidden_dim, self.twice = 16, twice
+        self.a = nn.Conv2d(3, 16, 2, 2)
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x):
+        n = x.shape[0]
+        h = self.a(x).reshape(n, self.hidden_dim if self.twice else 16, -1).permute(0, 2, 1)
+        if self.twice:
+            h = h + torch.zeros(self.hidden_dim)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_a_literal_not_proven_to_follow_the_attribute_is_kept(twice):
+    torch.manual_seed(0)
+    model, x = _LiteralOnly(twice).eval(), torch.randn(2, 3, 8, 8)
+    p = plan(model, x, amount=0.5)
+    assert any("literal sizes" in u.why for u in p.unprunable), str(p)
+    small = p.apply()
+    assert small.a.out_channels == 16 and small.hidden_dim == 16

@@ -26,8 +26,11 @@ HEAD_ATTRS = ("num_heads", "heads", "n_heads", "n_head", "num_attention_heads", 
 def _multihead_attention(ctx: _Ctx) -> Any:
     """Whole heads: q/k/v rows of the in-projection and out_proj columns, ``num_heads`` rewritten.
 
-    ``embed_dim`` (inputs and output) is kept; the surgery switches a module that lost heads to
-    ``HeadPrunedMultiheadAttention`` (its inner width ``num_heads * head_dim`` < ``embed_dim``).
+    In self-attention (query, key and value one tensor, packed in-projection, no masks) the
+    embedding width shrinks with its residual stream (in-projection columns, out_proj rows,
+    ``embed_dim`` / ``kdim`` / ``vdim``); otherwise ``embed_dim`` is kept. The surgery switches a
+    module whose inner width ``num_heads * head_dim`` differs from ``embed_dim`` to
+    ``HeadPrunedMultiheadAttention``.
     """
     name = str(ctx.node.target)
     m = ctx.graph.model.get_submodule(name)
@@ -58,10 +61,16 @@ def _multihead_attention(ctx: _Ctx) -> Any:
         return _unknown(ctx, why)
     tq = ctx.tl(args["query"])
     q, k, v = (ctx.val(args[a]) for a in ("query", "key", "value"))
-    keep_why = "nn.MultiheadAttention keeps embed_dim (only its heads are pruned)"
-    ctx.fix(tq[-1], keep_why)
-    for a in ("key", "value", "key_padding_mask", "attn_mask"):
-        ctx.fix(ctx.lab(args[a]), keep_why)
+    # Self-attention (one tensor as query, key and value, packed in-projection): the embedding
+    # width may shrink with the residual stream; otherwise it is kept.
+    self_attn = (args["query"] is args["key"] is args["value"] and m._qkv_same_embed_dim
+                 and args["key_padding_mask"] is None and args["attn_mask"] is None)
+    keep_why = ("nn.MultiheadAttention keeps embed_dim unless it is self-attention (one "
+                "tensor as query, key and value, no masks): only its heads are pruned")
+    if not self_attn:
+        ctx.fix(tq[-1], keep_why)
+        for a in ("key", "value", "key_padding_mask", "attn_mask"):
+            ctx.fix(ctx.lab(args[a]), keep_why)
     h, d = m.num_heads, m.head_dim
     inner = g.new_block(h * d, name)
     grid = inner.reshape(h, d)
@@ -75,19 +84,33 @@ def _multihead_attention(ctx: _Ctx) -> Any:
         g.attach(f"{name}.in_proj_bias", 0, np.tile(inner, 3), "bias")
     g.attach(f"{name}.out_proj.weight", 1, inner, "weight")
     g.set_attr(name, "num_heads", grid[:, 0])
-    # MACs (all scale with the kept heads): projections, scores, weighted sum, out_proj
     lq = q.numel() // q.shape[-1]
     lk = k.numel() // k.shape[-1]
     src = k.shape[-2] if (q.dim() == 3 and m.batch_first) else k.shape[0]
-    macs = lq * h * d * (q.shape[-1] + m.embed_dim) + lk * h * d * (k.shape[-1] + v.shape[-1])
-    macs += 2 * lq * src * h * d
-    g.add_macs(macs, [inner], name)
+    out = ctx.result[0]
+    if self_attn:
+        lin = tq[-1] if tq[-1] is not None else g.pinned_block(q.shape[-1], name)
+        g.attach(f"{name}.in_proj_weight", 1, lin, "weight")
+        for attr in ("embed_dim", "kdim", "vdim"):
+            g.set_attr(name, attr, lin)
+        lab = g.new_block(out.shape[-1], f"{name}.out_proj")
+        g.attach(f"{name}.out_proj.weight", 0, lab, "weight")
+        if m.out_proj.bias is not None:
+            g.attach(f"{name}.out_proj.bias", 0, lab, "bias")
+        g.set_attr(f"{name}.out_proj", "out_features", lab)
+    else:
+        lin = None
+        lab = tq[-1]
+        if lab is None:  # the output width stays embed_dim
+            lab = g.new_block(out.shape[-1], f"{name}.out_proj")
+            ctx.fix(lab, keep_why)
+    g.set_attr(f"{name}.out_proj", "in_features", inner)
+    # MACs (all scale with the kept heads): projections, scores, weighted sum, out_proj
+    g.add_macs(lq * h * d * q.shape[-1] + lk * h * d * (k.shape[-1] + v.shape[-1]),
+               [inner, lin], name)
+    g.add_macs(lq * h * d * m.embed_dim, [inner, lab], name)
+    g.add_macs(2 * lq * src * h * d, [inner], name)
     if (q.shape == k.shape == v.shape and args["key_padding_mask"] is None
             and args["attn_mask"] is None):  # the latency table times these by head count
         g.attention_calls[name] = (tuple(q.shape), need_weights is not False)
-    out = ctx.result[0]
-    lab = tq[-1]
-    if lab is None:  # the output width stays embed_dim
-        lab = g.new_block(out.shape[-1], f"{name}.out_proj")
-        ctx.fix(lab, keep_why)
     return (tq[:-1] + (lab,), _none_labels(ctx.result[1]))

@@ -17,6 +17,10 @@ import torch.fx as fx
 from .attention import HEAD_ATTRS
 from .core import IntDep, _Ctx, _function_rule, _method_rule, _unknown
 
+#: Module attributes taken to hold a width that a reshape may read as a literal (torchvision
+#: ViT's ``hidden_dim``); used only when re-tracing proves the literal follows the attribute.
+WIDTH_NAME_ATTRS = ("hidden_dim", "embed_dim", "hidden_size", "d_model", "dim", "width")
+
 __all__: list[str] = []
 
 
@@ -226,7 +230,7 @@ def _reshape(ctx: _Ctx, x: Any, size_args: list | None) -> tuple:
         kinds = ["free" if isinstance(kd, tuple) and kd[0] == "same" else kd for kd in kinds]
         free = [j for j, kd in zip(range(j0, j1), kinds, strict=True) if kd == "free"]
         heads = [(j, kd) for j, kd in zip(range(j0, j1), kinds, strict=True)
-                 if isinstance(kd, tuple) and kd[0] == "heads"]
+                 if isinstance(kd, tuple) and kd[0] in ("heads", "width")]
         # Prefer removing whole heads (a head-count attribute the surgery rewrites); the other
         # sizes then keep their values.
         if heads:
@@ -236,6 +240,7 @@ def _reshape(ctx: _Ctx, x: Any, size_args: list | None) -> tuple:
             continue
         if not free and not heads:
             ctx.fix(lab, "reshape of a channel dim to literal sizes")
+            _pin_width_literals(ctx, size_args)
             continue
         s = free[0] if free else heads[0][0]
         shape_in = [v.shape[m] if m == k else 1 for m in range(i0, i1)]
@@ -266,6 +271,10 @@ def _size_kind(ctx: _Ctx, size_args: list | None, j: int, lab: np.ndarray, size:
             head = _head_attr(ctx, a)
             if head is not None:
                 return ("heads", *head)
+        elif a == size:
+            width = _width_attr(ctx, a)
+            if width is not None:
+                return ("width", *width)
         return "fixed"
     dep = ctx.lab(a)
     if not isinstance(dep, IntDep) or dep.atoms is None:
@@ -278,6 +287,25 @@ def _size_kind(ctx: _Ctx, size_args: list | None, j: int, lab: np.ndarray, size:
     return "foreign"
 
 
+def _width_attr(ctx: _Ctx, value: int) -> tuple[str, str] | None:
+    """``(module, attribute)`` whose int value this reshape's literal size is, proven by
+    tracing the model again with the attribute changed: the literal must follow it, and every
+    node that changes with it must be a view/reshape (torchvision ViT's
+    ``x.reshape(n, self.hidden_dim, n_h * n_w)``). None when no such attribute exists."""
+    stack = ctx.node.meta.get("nn_module_stack") or {}
+    paths = [path for path, _type in reversed(list(stack.values()))] + [""]
+    g = ctx.graph
+    for path in dict.fromkeys(paths):
+        mod = g.model.get_submodule(path)
+        for attr in WIDTH_NAME_ATTRS:
+            v = getattr(mod, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v == value > 1:
+                changed = g.literal_readers(path, attr)
+                if changed is not None and ctx.node.name in changed:
+                    return path, attr
+    return None
+
+
 def _head_attr(ctx: _Ctx, value: int) -> tuple[str, str] | None:
     stack = ctx.node.meta.get("nn_module_stack") or {}
     for path, _type in reversed(list(stack.values())):
@@ -286,6 +314,21 @@ def _head_attr(ctx: _Ctx, value: int) -> tuple[str, str] | None:
             if getattr(mod, attr, None) == value and isinstance(value, int) and value > 1:
                 return path, attr
     return None
+
+
+def _pin_width_literals(ctx: _Ctx, size_args: list | None) -> None:
+    """A reshape that keeps its channels but reads a width attribute another reshape lets
+    shrink: that attribute must keep its value (its atoms are pinned)."""
+    g = ctx.graph
+    for (path, attr), readers in g.width_literals.items():
+        if readers is None or ctx.node.name not in readers:
+            continue
+        value = getattr(g.model.get_submodule(path), attr)
+        if any(isinstance(a, int) and a == value for a in size_args or ()):
+            key = (path, attr)
+            if key not in g.attrs:
+                g.attrs[key] = g.pinned_block(value, path or "model")
+            ctx.fix(g.attrs[key], f"{path or 'model'}.{attr} is also read by {ctx.node.name}")
 
 
 @_method_rule("view", "reshape")
