@@ -14,7 +14,7 @@ lists:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,54 +130,18 @@ class DependencyGraph:
     # grouped (not depthwise) convs: "channels" (the same positions leave every group) or
     # "groups" (whole groups leave; the group count shrinks)
     grouped: str = "channels"
-    # width attributes read as reshape literals (``_width_attr`` in rules/shapes.py): the
-    # nodes whose arguments follow the attribute, or None when something else reads it too
+    # module int attributes read as reshape literals (``width_attrs.py``): the nodes whose
+    # arguments follow each attribute (None: something else reads it too), the reshapes that
+    # let it shrink, and those found unsafe by ``plan`` (kept, with the reason)
     width_literals: dict[tuple[str, str], set[str] | None] = field(default_factory=dict)
-    retrace: Callable[[], fx.GraphModule] | None = field(default=None, repr=False)
+    width_users: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    fixed_widths: dict[tuple[str, str], str] = field(default_factory=dict)
+    leaf_modules: tuple[type, ...] = ()
     _traced_args: dict[str, tuple] | None = field(default=None, repr=False)
     _param_atoms: set[int] = field(default_factory=set, repr=False)
     roots: np.ndarray | None = field(default=None, repr=False)  # atom id -> class, once final
 
     # ---- building blocks used by the op rules -------------------------------------------------
-
-    def literal_readers(self, path: str, attr: str) -> set[str] | None:
-        """Names of the nodes whose arguments change when int attribute ``attr`` of module
-        ``path`` does (found by tracing again with it changed by one), if all of them are
-        view/reshape calls; else None. Cached per attribute."""
-        key = (path, attr)
-        if key not in self.width_literals:
-            self.width_literals[key] = self._readers(path, attr)
-        return self.width_literals[key]
-
-    def _readers(self, path: str, attr: str) -> set[str] | None:
-        if self.retrace is None:
-            return None
-        mod = self.model.get_submodule(path)
-        value = getattr(mod, attr)
-
-        def args_by_name() -> dict[str, tuple]:
-            return {n.name: (n.op, str(n.target), fx.node.map_arg((n.args, n.kwargs),
-                                                                   lambda a: a.name))
-                    for n in self.retrace().graph.nodes}
-
-        try:
-            if self._traced_args is None:
-                self._traced_args = args_by_name()
-            object.__setattr__(mod, attr, value + 1)
-            bumped = args_by_name()
-        except Exception:  # a forward that cannot trace with another value: not proven
-            return None
-        finally:
-            object.__setattr__(mod, attr, value)
-        base = self._traced_args
-        if set(base) != set(bumped):
-            return None
-        changed = {k for k in base if base[k] != bumped[k]}
-        reshapes = {("call_method", "view"), ("call_method", "reshape"),
-                    ("call_function", str(torch.reshape))}
-        if not changed or any(base[k][:2] not in reshapes for k in changed):
-            return None
-        return changed
 
     def add_norm(self, name: str, atoms: np.ndarray, dim: int) -> None:
         """Record that norm module ``name`` normalises ``atoms`` (dim ``dim`` of its input); a
@@ -373,6 +337,7 @@ def trace(
     layer_norm: str = "prune",
     grouped: str = "channels",
     fixed_norms: dict[str, str] | None = None,
+    fixed_widths: dict[tuple[str, str], str] | None = None,
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and return its dependency graph.
 
@@ -391,6 +356,8 @@ def trace(
             Both are exact.
         fixed_norms: ``{norm module: reason}`` kept whole (``plan`` passes the norms whose
             removed channels were not zero in the masked model).
+        fixed_widths: ``{(module, attribute): reason}``: width attributes that reshape
+            literals may not follow (``plan`` passes those its final check rejected).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -401,7 +368,8 @@ def trace(
         raise ValueError(f"grouped must be one of {GROUPED}; got {grouped!r}")
     graph = DependencyGraph(model=model, example_inputs=example_inputs, layer_norm=layer_norm,
                             grouped=grouped, fixed_norms=dict(fixed_norms or {}),
-                            retrace=lambda: symbolic_trace(model, leaf_modules))
+                            fixed_widths=dict(fixed_widths or {}),
+                            leaf_modules=tuple(leaf_modules))
     with eval_mode(model), torch.no_grad():
         # traced in eval mode: `self.training` branches (dropout, stochastic depth) take the
         # inference path the pruned model is checked on
@@ -410,6 +378,6 @@ def trace(
         with mac_counter() as counter:  # MACs of the ops no rule costs (see the interpreter)
             LabelInterpreter(gm, graph, protect_output=protect_output,
                              flops=counter.get_total_flops).run(*example_inputs)
-    graph.retrace, graph._traced_args = None, None  # only the rules use them, while tracing
+    graph._traced_args = None  # the width-attribute proofs' cache, used while tracing only
     graph.finalize()
     return graph

@@ -32,6 +32,18 @@ WIDTH_ATTRS = (
     "num_groups", "num_channels", "num_parameters", "embedding_dim", "kdim", "vdim",
     *HEAD_ATTRS, *WIDTH_NAME_ATTRS,
 )
+# Generic names (``dim``, ``width``, ...) are recorded only as plain positive int attributes:
+# ``nn.Softmax(dim=-1)`` or a read-only ``width`` property is not a width.
+_GENERIC = frozenset(WIDTH_NAME_ATTRS) - {"embed_dim"}
+
+
+def _width_attrs(mod: nn.Module) -> dict[str, int]:
+    found = {}
+    for a in WIDTH_ATTRS:
+        v = getattr(mod, a, None) if a not in _GENERIC else mod.__dict__.get(a)
+        if isinstance(v, int) and not isinstance(v, bool) and (a not in _GENERIC or v > 0):
+            found[a] = v
+    return found
 
 
 def width_config(model: nn.Module) -> dict:
@@ -42,9 +54,7 @@ def width_config(model: nn.Module) -> dict:
     """
     attrs = {}
     for name, mod in model.named_modules():
-        found = {a: getattr(mod, a) for a in WIDTH_ATTRS
-                 if isinstance(getattr(mod, a, None), int) and not isinstance(getattr(mod, a),
-                                                                             bool)}
+        found = _width_attrs(mod)
         if isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):  # widths shrink with layer_norm=...
             found["normalized_shape"] = list(mod.normalized_shape)
             found["eps"] = mod.eps

@@ -16,7 +16,8 @@ Pruning is exact only while the removed channels' inputs are zero: ``plan`` chec
 masked model and keeps the width of any norm where they are not.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: TorchScript reads these annotations.
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +25,8 @@ from torch import Tensor, nn
 __all__ = ["PrunedLayerNorm", "counted_layer_norm", "removed_input_max", "to_pruned_layer_norm"]
 
 
-def counted_layer_norm(x: Tensor, full_width: int, weight: Tensor | None, bias: Tensor | None,
-                       eps: float, dim: int = -1) -> Tensor:
+def counted_layer_norm(x: Tensor, full_width: int, weight: Optional[Tensor],  # noqa: UP045
+                       bias: Optional[Tensor], eps: float, dim: int = -1) -> Tensor:  # noqa: UP045
     """Layer norm of ``x`` over ``dim`` (``k`` channels) as if ``full_width - k`` more
     channels held zeros.
 
@@ -47,7 +48,8 @@ def counted_layer_norm(x: Tensor, full_width: int, weight: Tensor | None, bias: 
     mean = mean_k * r
     var = var_k * r + (mean_k * mean_k) * (r * (1.0 - r))
     y = (x - mean) * torch.rsqrt(var + eps)
-    view = (-1,) + (1,) * (x.dim() - 1 - dim % x.dim())
+    view = [1] * (x.dim() - dim % x.dim())  # [k, 1, ..., 1]: broadcast over the dims after
+    view[0] = -1
     if weight is not None:
         y = y * weight.view(view)
     if bias is not None:
@@ -64,9 +66,6 @@ class PrunedLayerNorm(nn.LayerNorm):
         channel_dim: the normalised dim of the input: -1 (like nn.LayerNorm) or a positive dim
             (1 for NCHW, like torchvision's ``LayerNorm2d``).
     """
-
-    full_width: int
-    channel_dim: int
 
     def __init__(self, normalized_shape: int, full_width: int, *, channel_dim: int = -1,
                  eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,

@@ -28,6 +28,7 @@ from .search import (
     _target,
 )
 from .surgery import removed_norm_inputs
+from .width_attrs import unproven_widths
 
 __all__ = ["Plan", "PlanConfig", "plan"]
 
@@ -322,19 +323,25 @@ def plan(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     fixed_norms = dict(graph.fixed_norms) if graph is not None else {}
+    fixed_widths = dict(graph.fixed_widths) if graph is not None else {}
     while True:
         result = _plan_once(model, example_inputs, config, graph, timer, progress)
-        bad = removed_norm_inputs(result)
-        if not bad:
-            return result
+        # Checks that need the planned widths; a failure keeps that width and plans again (the
+        # graph is traced again, so a given ``graph`` is not reused then).
+        bad_widths = unproven_widths(result)
+        fixed_widths.update(bad_widths)
+        bad_norms = {} if bad_widths else removed_norm_inputs(result)
         # A norm whose removed channels are not zero in the masked model (a sigmoid, an added
-        # constant on the way) would not stay exact: keep its width and plan again.
-        for name, worst in bad.items():
+        # constant on the way) would not stay exact: keep its width.
+        for name, worst in bad_norms.items():
             fixed_norms[name] = (f"its removed channels reach it non-zero in the masked model "
                                  f"(max |x| = {worst:.3g}), so its statistics would change")
+        if not bad_widths and not bad_norms:
+            return result
         graph = trace(model, example_inputs, protect_output=config.protect_output,
                       leaf_modules=config.leaf_modules, layer_norm=config.layer_norm,
-                      grouped=config.grouped, fixed_norms=fixed_norms)
+                      grouped=config.grouped, fixed_norms=fixed_norms,
+                      fixed_widths=fixed_widths)
 
 
 def _plan_once(model: nn.Module, example_inputs: tuple, config: PlanConfig,

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["GRID_ATTENTION", "WINDOW_ATTENTION", "PrunedAttentionForward", "grid_attention",
-           "is_grid_attention", "is_window_attention", "mark_window_pruned", "window_attention"]
+           "is_grid_attention", "is_window_attention", "mark_window_pruned", "swin_forward",
+           "window_attention"]
 
 #: class names of the window-attention modules handled by name (torchvision's Swin V1 and V2).
 WINDOW_ATTENTION = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2")
@@ -121,7 +122,8 @@ def window_attention(x: Tensor, qkv_weight: Tensor, proj_weight: Tensor, bias: T
     return x[:, :h, :w, :].contiguous()
 
 
-def _swin_forward(m: nn.Module, x: Tensor) -> Tensor:
+def swin_forward(m: nn.Module, x: Tensor) -> Tensor:
+    """:func:`window_attention` with the parameters and settings of Swin module ``m``."""
     return window_attention(
         x, m.qkv.weight, m.proj.weight, m.get_relative_position_bias(), m.window_size,
         m.num_heads, m.shift_size, attention_dropout=m.attention_dropout, dropout=m.dropout,
@@ -170,7 +172,7 @@ def _pruned_forward(m: nn.Module):
     inner and output widths equal its input width)."""
     if is_window_attention(m):
         a, b = m.qkv, m.proj
-        fn = _swin_forward
+        fn = swin_forward
     elif is_grid_attention(m):
         a, b = m.to_qkv, m.merge
         fn = grid_attention

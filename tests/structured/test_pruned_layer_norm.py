@@ -58,6 +58,9 @@ def test_full_width_is_plain_layer_norm_and_edge_cases():
     nc = torch.randn(16, 4).t()  # non-contiguous input
     torch.testing.assert_close(p(nc), p(nc.contiguous()), atol=0, rtol=0)
     assert "full_width=16, channel_dim=-1" in repr(p)
+    scripted = torch.jit.script(PrunedLayerNorm(8, 16, channel_dim=1))
+    y = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(scripted(y), PrunedLayerNorm(8, 16, channel_dim=1)(y))
 
 
 def test_constructor_and_swap_validate():

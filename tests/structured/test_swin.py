@@ -131,3 +131,31 @@ def test_window_attention_called_unlike_torchvision_is_refused():
     small = p.apply()
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), atol=1e-6, rtol=1e-6)
+
+
+def test_window_attention_with_another_forward_is_refused():
+    """Matched by class name, then checked: a ShiftedWindowAttention whose forward computes
+    something else keeps its widths (and the result stays exact)."""
+
+    def halved(self, x):
+        return 0.5 * reference(x, self) + x
+
+    # the same class name as torchvision's, another forward
+    Halved = type("ShiftedWindowAttention", (ShiftedWindowAttention,), {"forward": halved})
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 16)
+            self.attn = Halved(16, [4, 4], [2, 2], 4)
+
+        def forward(self, x):
+            return self.attn(self.a(x))
+
+    torch.manual_seed(0)
+    model, x = randomize(M()).eval(), torch.randn(1, 8, 8, 4)
+    p = plan(model, x, amount=0.5, protect_output=False)
+    assert any(u.module == "attn" and "does not compute" in u.why for u in p.unprunable)
+    small = p.apply()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)

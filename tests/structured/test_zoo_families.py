@@ -158,3 +158,44 @@ def test_a_literal_not_proven_to_follow_the_attribute_is_kept(twice):
     assert any("literal sizes" in u.why for u in p.unprunable), str(p)
     small = p.apply()
     assert small.a.out_channels == 16 and small.hidden_dim == 16
+
+
+class _WidthReaders(nn.Module):
+    """``reshape(n, self.hidden_dim, 16)`` of the stem, plus (``variant``) another use of
+    ``hidden_dim`` that a shrunk value would break: control flow, a derived size, a reshape of
+    the model input."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.hidden_dim, self.variant = 32, variant
+        self.conv = nn.Conv2d(3, 32, 4, 4)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        n = x.shape[0]
+        out = self.head(self.conv(x).reshape(n, self.hidden_dim, 16).mean(2))
+        if self.variant == "branch" and self.hidden_dim >= 24:
+            out = out * 2
+        elif self.variant == "half":
+            out = out + x[:, :2].reshape(n, self.hidden_dim // 2, -1).mean((1, 2))[:, None]
+        elif self.variant == "input":
+            out = out + x[:, :1].reshape(n, self.hidden_dim, -1).mean((1, 2))[:, None]
+        return out
+
+
+@pytest.mark.parametrize("variant", ["", "branch", "half", "input"])
+def test_width_attribute_rewritten_only_when_the_planned_value_traces_the_same(variant):
+    torch.manual_seed(0)
+    model, x = _WidthReaders(variant).eval(), torch.randn(2, 3, 16, 16)
+    p = plan(model, x, amount=0.5)
+    small = p.apply()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+        other = torch.randn(2, 3, 16, 16)
+        torch.testing.assert_close(small(other), p.masked_model()(other), atol=1e-5, rtol=1e-5)
+    if not variant:
+        assert small.hidden_dim == small.conv.out_channels == 16
+    else:
+        assert small.hidden_dim == small.conv.out_channels == 32
+        assert any("hidden_dim" in u.why and "keep their width" in u.why
+                   for u in p.unprunable), str(p)

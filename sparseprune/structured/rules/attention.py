@@ -56,8 +56,11 @@ def _multihead_attention(ctx: _Ctx) -> Any:
     g = ctx.graph
     if why is not None:
         # The heads are a width of their own: pin them so that the plan names this module even
-        # when embed_dim was pinned elsewhere already.
-        ctx.fix(g.new_block(m.num_heads * m.head_dim, name), why)
+        # when embed_dim was pinned elsewhere already; the projections are pinned too, so that
+        # another call of the same module cannot cut them.
+        inner = g.new_block(m.num_heads * m.head_dim, name)
+        ctx.fix(inner, why)
+        _pin_projections(g, name, m, inner)
         return _unknown(ctx, why)
     tq = ctx.tl(args["query"])
     q, k, v = (ctx.val(args[a]) for a in ("query", "key", "value"))
@@ -66,11 +69,13 @@ def _multihead_attention(ctx: _Ctx) -> Any:
     self_attn = (args["query"] is args["key"] is args["value"] and m._qkv_same_embed_dim
                  and args["key_padding_mask"] is None and args["attn_mask"] is None)
     keep_why = ("nn.MultiheadAttention keeps embed_dim unless it is self-attention (one "
-                "tensor as query, key and value, no masks): only its heads are pruned")
+                "tensor as query, key and value, one packed in-projection, no masks): only its "
+                "heads are pruned")
     if not self_attn:
         ctx.fix(tq[-1], keep_why)
         for a in ("key", "value", "key_padding_mask", "attn_mask"):
             ctx.fix(ctx.lab(args[a]), keep_why)
+        _pin_projections(g, name, m, None)  # embed_dim stays: for every call of the module
     h, d = m.num_heads, m.head_dim
     inner = g.new_block(h * d, name)
     grid = inner.reshape(h, d)
@@ -114,3 +119,24 @@ def _multihead_attention(ctx: _Ctx) -> Any:
             and args["attn_mask"] is None):  # the latency table times these by head count
         g.attention_calls[name] = (tuple(q.shape), need_weights is not False)
     return (tq[:-1] + (lab,), _none_labels(ctx.result[1]))
+
+
+def _pin_projections(g, name: str, m: nn.MultiheadAttention, inner) -> None:
+    """Attach the embedding dims of ``m``'s projections (and, given ``inner``, their head dims)
+    to kept atoms: a module called once like this keeps them for all its calls."""
+    e = m.embed_dim
+    if m._qkv_same_embed_dim:
+        g.attach(f"{name}.in_proj_weight", 1, g.pinned_block(e, name), "weight")
+    else:
+        for w, size in (("q_proj_weight", e), ("k_proj_weight", m.kdim), ("v_proj_weight", m.vdim)):
+            g.attach(f"{name}.{w}", 1, g.pinned_block(size, name), "weight")
+    out = g.pinned_block(e, f"{name}.out_proj")
+    g.attach(f"{name}.out_proj.weight", 0, out, "weight")
+    if m.out_proj.bias is not None:
+        g.attach(f"{name}.out_proj.bias", 0, out, "bias")
+    if inner is not None:
+        if m._qkv_same_embed_dim:
+            g.attach(f"{name}.in_proj_weight", 0, np.tile(inner, 3), "weight")
+        if m.in_proj_bias is not None:
+            g.attach(f"{name}.in_proj_bias", 0, np.tile(inner, 3), "bias")
+        g.attach(f"{name}.out_proj.weight", 1, inner, "weight")

@@ -8,6 +8,7 @@ Module forms of the same ops (``nn.ReLU``, ``nn.MaxPool2d``, ``nn.Softmax``...) 
 
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Any
 
@@ -137,7 +138,7 @@ def _f_layer_norm(ctx: _Ctx) -> Any:
     tl = ctx.tl(ctx.node.args[0])
     n = len(shape)
     affine = [a for a in (ctx.arg(2, "weight"), ctx.arg(3, "bias")) if a is not None]
-    owner = _norm_owner(ctx, shape, affine)
+    owner = _norm_owner(ctx, shape)
     dim = _owner_dim(ctx, owner) if owner is not None and n == 1 else None
     why = None
     if owner is None:
@@ -147,6 +148,9 @@ def _f_layer_norm(ctx: _Ctx) -> Any:
     elif dim is None:
         why = (f"{type(ctx.graph.model.get_submodule(owner)).__name__}.forward does more than "
                "F.layer_norm between a permute and its inverse (width kept)")
+    elif ctx.arg(2, "weight") is None:
+        why = ("layer norm without weight: its removed channels would not be zero after it "
+               "(width kept)")
     else:
         why = ctx.graph.fixed_norms.get(owner)
     if why is not None or tl[-1] is None:
@@ -162,20 +166,30 @@ def _f_layer_norm(ctx: _Ctx) -> Any:
     return tl
 
 
-def _norm_owner(ctx: _Ctx, shape: tuple, affine: list) -> str | None:
-    """Name of the module whose forward called ``F.layer_norm`` when it is a LayerNorm-like
-    module (``normalized_shape`` equal to ``shape``) and ``affine`` are its own parameters."""
+def _norm_owner(ctx: _Ctx, shape: tuple) -> str | None:
+    """Name of the module whose forward called ``F.layer_norm`` when it is an nn.LayerNorm
+    (subclass) whose own ``normalized_shape``, ``weight`` (as weight), ``bias`` (as bias) and
+    ``eps`` this call uses, with a one-argument forward; else None."""
     name = ctx.module_name
     if name is None:
         return None
     m = ctx.graph.model.get_submodule(name)
     if not isinstance(m, nn.LayerNorm) or tuple(m.normalized_shape) != shape:
         return None
-    for a in affine:
-        if not (isinstance(a, fx.Node) and a.op == "get_attr"
-                and str(a.target) in (f"{name}.weight", f"{name}.bias")):
+    for i, key in ((2, "weight"), (3, "bias")):
+        a = ctx.arg(i, key)
+        own = getattr(m, key, None)
+        if own is None and a is None:
+            continue
+        if not (isinstance(a, fx.Node) and a.op == "get_attr" and str(a.target) == f"{name}.{key}"):
             return None
-    return name
+    if ctx.val(ctx.arg(4, "eps", 1e-5)) != m.eps:
+        return None
+    try:
+        params = list(inspect.signature(type(m).forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    return name if len(params) == 2 else None  # (self, x): the surgery's forward takes one
 
 
 def _owner_dim(ctx: _Ctx, owner: str) -> int | None:
@@ -197,6 +211,8 @@ def _owner_dim(ctx: _Ctx, owner: str) -> int | None:
         return None
     if [dims_in[d] for d in dims_out] != list(range(len(dims_in))):
         return None  # the second permute does not undo the first
+    if dims_in[-1] == 0:
+        return None  # normalising the leading (batch) dim: no PrunedLayerNorm for it
     return dims_in[-1] if dims_in[-1] != len(dims_in) - 1 else -1
 
 

@@ -252,14 +252,22 @@ def _layernorm(ctx: _Ctx) -> Any:
     dim = getattr(m, "channel_dim", -1)
     rms = _RMSNorm is not None and isinstance(m, _RMSNorm)
     if len(tl) < max(n, dim + 1):
-        return tl
+        return _unknown(ctx, f"{type(m).__name__} over more dims than its input has")
     dims = list(range(len(tl) - n, len(tl))) if dim == -1 else [dim]
     if all(tl[d] is None for d in dims):
+        # The model input, say: a shared norm's affine parameters keep their width, so that a
+        # second call on prunable channels cannot cut them under this one.
+        for pname in ("weight", "bias"):
+            t = getattr(m, pname, None)
+            if isinstance(t, torch.Tensor) and t.dim() == 1 and n == 1:
+                ctx.graph.attach(f"{name}.{pname}", 0, ctx.graph.pinned_block(t.numel(), name),
+                                 "norm")
         return tl
     if n != 1:
         why = "layer norm over several dims (kept)"
-    elif rms and m.weight is None:
-        why = "RMSNorm without weight cannot be rescaled (kept)"
+    elif m.weight is None:
+        why = (f"{type(m).__name__} without weight: RMSNorm cannot be rescaled, and a LayerNorm's "
+               "removed channels would not be zero after it (kept)")
     elif not rms and ctx.graph.layer_norm != "prune":
         why = "layer norm statistics over the channel dim (kept: layer_norm='keep')"
     else:

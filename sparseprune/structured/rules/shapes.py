@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ..width_attrs import literal_readers
 from .attention import HEAD_ATTRS
 from .core import IntDep, _Ctx, _function_rule, _method_rule, _unknown
 
@@ -239,8 +240,8 @@ def _reshape(ctx: _Ctx, x: Any, size_args: list | None) -> tuple:
             ctx.fix(lab, "reshape with two computed sizes over one channel dim")
             continue
         if not free and not heads:
-            ctx.fix(lab, "reshape of a channel dim to literal sizes")
-            _pin_width_literals(ctx, size_args)
+            ctx.fix(lab, _fixed_width_reason(ctx, size_args, j0, j1)
+                    or "reshape of a channel dim to literal sizes")
             continue
         s = free[0] if free else heads[0][0]
         shape_in = [v.shape[m] if m == k else 1 for m in range(i0, i1)]
@@ -254,8 +255,10 @@ def _reshape(ctx: _Ctx, x: Any, size_args: list | None) -> tuple:
             if j == s:
                 g.unify(units, dep)
         if not free:
-            module, attr = heads[0][1][1:]
+            kind, module, attr = heads[0][1]
             g.set_attr(module, attr, units)
+            if kind == "width":  # checked again once the widths are planned (width_attrs.py)
+                g.width_users.setdefault((module, attr), set()).add(ctx.node.name)
     return tuple(res)
 
 
@@ -288,10 +291,10 @@ def _size_kind(ctx: _Ctx, size_args: list | None, j: int, lab: np.ndarray, size:
 
 
 def _width_attr(ctx: _Ctx, value: int) -> tuple[str, str] | None:
-    """``(module, attribute)`` whose int value this reshape's literal size is, proven by
-    tracing the model again with the attribute changed: the literal must follow it, and every
-    node that changes with it must be a view/reshape (torchvision ViT's
-    ``x.reshape(n, self.hidden_dim, n_h * n_w)``). None when no such attribute exists."""
+    """``(module, attribute)`` whose int value this reshape's literal size is: tracing the
+    model again with the attribute changed changes this reshape, and only view/reshape nodes
+    (torchvision ViT's ``x.reshape(n, self.hidden_dim, n_h * n_w)``; ``plan`` checks again with
+    the planned value, ``width_attrs.py``). None when no such attribute exists."""
     stack = ctx.node.meta.get("nn_module_stack") or {}
     paths = [path for path, _type in reversed(list(stack.values()))] + [""]
     g = ctx.graph
@@ -300,9 +303,20 @@ def _width_attr(ctx: _Ctx, value: int) -> tuple[str, str] | None:
         for attr in WIDTH_NAME_ATTRS:
             v = getattr(mod, attr, None)
             if isinstance(v, int) and not isinstance(v, bool) and v == value > 1:
-                changed = g.literal_readers(path, attr)
+                changed = literal_readers(g, path, attr)
                 if changed is not None and ctx.node.name in changed:
                     return path, attr
+    return None
+
+
+def _fixed_width_reason(ctx: _Ctx, size_args: list | None, j0: int, j1: int) -> str | None:
+    """Why a literal of ``size_args[j0:j1]`` that reads a width attribute may not follow it
+    (found by ``plan``'s check, ``graph.fixed_widths``), if one does."""
+    g = ctx.graph
+    for (path, attr), why in g.fixed_widths.items():
+        value = getattr(g.model.get_submodule(path), attr, None)
+        if any(size_args is not None and size_args[j] == value for j in range(j0, j1)):
+            return why
     return None
 
 
@@ -314,21 +328,6 @@ def _head_attr(ctx: _Ctx, value: int) -> tuple[str, str] | None:
             if getattr(mod, attr, None) == value and isinstance(value, int) and value > 1:
                 return path, attr
     return None
-
-
-def _pin_width_literals(ctx: _Ctx, size_args: list | None) -> None:
-    """A reshape that keeps its channels but reads a width attribute another reshape lets
-    shrink: that attribute must keep its value (its atoms are pinned)."""
-    g = ctx.graph
-    for (path, attr), readers in g.width_literals.items():
-        if readers is None or ctx.node.name not in readers:
-            continue
-        value = getattr(g.model.get_submodule(path), attr)
-        if any(isinstance(a, int) and a == value for a in size_args or ()):
-            key = (path, attr)
-            if key not in g.attrs:
-                g.attrs[key] = g.pinned_block(value, path or "model")
-            ctx.fix(g.attrs[key], f"{path or 'model'}.{attr} is also read by {ctx.node.name}")
 
 
 @_method_rule("view", "reshape")

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from ..window_attention import (
     GRID_ATTENTION,
     WINDOW_ATTENTION,
+    grid_attention,
     is_grid_attention,
     is_window_attention,
+    swin_forward,
 )
 from .core import _Ctx, _function_name_rule, _module_name_rule, _unknown
 
@@ -46,6 +48,9 @@ def _window_attention(ctx: _Ctx) -> Any:
     if m.qkv.out_features != 3 * inner_w or inner_w % h or m.qkv.in_features != x.shape[-1] or \
             m.proj.in_features != inner_w or (v2 and (cpb is None or len(cpb) != 3)):
         return _unknown(ctx, f"{type(m).__name__} widths do not split into {h} heads")
+    if not _same(swin_forward(m, x), ctx.result):
+        return _unknown(ctx, f"{type(m).__name__}'s forward does not compute torchvision's "
+                        "shifted window attention (checked on the example input)")
     g = ctx.graph
     tl = ctx.tl(ctx.node.args[0])
     lin = tl[-1] if tl[-1] is not None else g.pinned_block(x.shape[-1], name)
@@ -73,6 +78,14 @@ def _window_attention(ctx: _Ctx) -> Any:
         g.add_macs(table * cpb[2].in_features * h, [heads], name)
     g.layer_inputs[name] = tuple(x.shape)
     return tl[:-1] + (out,)
+
+
+def _same(ours: torch.Tensor, theirs: object) -> bool:
+    """Our reimplementation's output equals the module's own, to float rounding."""
+    if not isinstance(theirs, torch.Tensor) or ours.shape != theirs.shape:
+        return False
+    scale = float(theirs.abs().max()) if theirs.numel() else 0.0
+    return bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
 
 
 def _heads(ctx: _Ctx, name: str, h: int, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +134,9 @@ def _grid_attention(ctx: _Ctx) -> Any:
             tuple(m.relative_position_bias_table.shape[1:]) != (h,):
         return _unknown(ctx, f"{type(m).__name__} called or built unlike torchvision's MaxViT "
                         "attention")
+    if not _same(grid_attention(m, x), ctx.result):
+        return _unknown(ctx, f"{type(m).__name__}'s forward does not compute torchvision's "
+                        "MaxViT attention (checked on the example input)")
     g = ctx.graph
     tl = ctx.tl(ctx.node.args[0])
     lin = tl[-1] if tl[-1] is not None else g.pinned_block(x.shape[-1], name)
@@ -151,7 +167,7 @@ def _patch_merging_pad(ctx: _Ctx) -> Any:
     is first checked against that computation on the example input."""
     x = ctx.val(ctx.node.args[0]) if len(ctx.node.args) == 1 and not ctx.node.kwargs else None
     if not isinstance(x, torch.Tensor) or x.dim() < 3 or not isinstance(ctx.result, torch.Tensor):
-        return _unknown(ctx)
+        return _unknown(ctx, "_patch_merging_pad called unlike torchvision's Swin")
     ref = _merge_reference(x)
     if ref.shape != ctx.result.shape or not torch.equal(ref, ctx.result):
         return _unknown(ctx, "_patch_merging_pad does not compute Swin's patch merging")
