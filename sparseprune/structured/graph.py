@@ -137,6 +137,9 @@ class DependencyGraph:
     width_users: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     fixed_widths: dict[tuple[str, str], str] = field(default_factory=dict)
     leaf_modules: tuple[type, ...] = ()
+    # the traced graph and every node's labels (``zeros.py`` walks them)
+    fx_graph: fx.Graph | None = field(default=None, repr=False)
+    node_labels: dict = field(default_factory=dict, repr=False)
     _traced_args: dict[str, tuple] | None = field(default=None, repr=False)
     _param_atoms: set[int] = field(default_factory=set, repr=False)
     roots: np.ndarray | None = field(default=None, repr=False)  # atom id -> class, once final
@@ -376,8 +379,10 @@ def trace(
         gm = symbolic_trace(model, leaf_modules)
         gm.eval()  # its submodules are the model's: restored with them
         with mac_counter() as counter:  # MACs of the ops no rule costs (see the interpreter)
-            LabelInterpreter(gm, graph, protect_output=protect_output,
-                             flops=counter.get_total_flops).run(*example_inputs)
+            interp = LabelInterpreter(gm, graph, protect_output=protect_output,
+                                      flops=counter.get_total_flops)
+            interp.run(*example_inputs)
+    graph.fx_graph, graph.node_labels = gm.graph, interp.node_labels  # for zeros.py
     graph._traced_args = None  # the width-attribute proofs' cache, used while tracing only
     graph.finalize()
     return graph

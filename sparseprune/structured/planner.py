@@ -29,6 +29,7 @@ from .search import (
 )
 from .surgery import removed_norm_inputs
 from .width_attrs import unproven_widths
+from .zeros import nonzero_reason
 
 __all__ = ["Plan", "PlanConfig", "plan"]
 
@@ -330,12 +331,23 @@ def plan(
         # graph is traced again, so a given ``graph`` is not reused then).
         bad_widths = unproven_widths(result)
         fixed_widths.update(bad_widths)
-        bad_norms = {} if bad_widths else removed_norm_inputs(result)
         # A norm whose removed channels are not zero in the masked model (a sigmoid, an added
-        # constant on the way) would not stay exact: keep its width.
-        for name, worst in bad_norms.items():
-            fixed_norms[name] = (f"its removed channels reach it non-zero in the masked model "
-                                 f"(max |x| = {worst:.3g}), so its statistics would change")
+        # constant on the way) would not stay exact: keep its width. Proven on the graph for
+        # any input (zeros.py), then checked on the example input.
+        bad_norms: dict[str, str] = {}
+        if not bad_widths:
+            for name, atoms in result.graph.norms.items():
+                if not result.keep_of(atoms).all():
+                    why = nonzero_reason(result.graph, name, atoms[~result.keep_of(atoms)])
+                    if why is not None:
+                        bad_norms[name] = (f"its removed channels may reach it non-zero (at "
+                                           f"{why}), so its statistics would change")
+        if not bad_widths and not bad_norms:
+            for name, worst in removed_norm_inputs(result).items():
+                bad_norms[name] = (f"its removed channels reach it non-zero in the masked "
+                                   f"model (max |x| = {worst:.3g}), so its statistics would "
+                                   "change")
+        fixed_norms.update(bad_norms)
         if not bad_widths and not bad_norms:
             return result
         graph = trace(model, example_inputs, protect_output=config.protect_output,

@@ -140,3 +140,33 @@ def test_load_rejects_a_bad_norm_attribute(tmp_path):
     torch.save(data, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="normalized_shape='64' is not a width attribute"):
         load_pruned(ViT, tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("case", ["masked_fill", "input_dependent"])
+def test_norm_kept_when_removed_channels_may_be_non_zero_on_other_inputs(case):
+    """Proven on the graph, not only on the example input: a padding fill (no padding in the
+    example batch) or a data-dependent shift keeps the norm's width."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 16)
+            self.norm = nn.LayerNorm(16)
+            self.b = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            if case == "masked_fill":
+                h = h.masked_fill((x[..., :1] > 3.0), 1.0)  # never true on the example
+            else:
+                h = h + torch.relu(x.mean() - 5.0)  # zero on the example
+            return self.b(self.norm(h))
+
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(4, 8)
+    p = plan(model, x, amount=0.5)
+    assert any(u.module == "norm" and "may reach it non-zero" in u.why for u in p.unprunable)
+    small = p.apply()
+    other = torch.randn(4, 8) * 4 + 6
+    with torch.no_grad():
+        torch.testing.assert_close(small(other), p.masked_model()(other), atol=1e-4, rtol=1e-4)

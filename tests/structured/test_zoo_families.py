@@ -29,7 +29,7 @@ REFUSED = {
     "regnet": ("head", "reduction over a channel dim"),
     "efficientnet": ("head", "reduction over a channel dim"),
     "mobilenetv3": ("head", "reduction over a channel dim"),
-    "convnext": ("classifier.0", "non-zero in the masked model"),
+    "convnext": ("classifier.0", "may reach it non-zero"),
     "vit": ("layers.0.self_attention", "attention weights"),
 }
 
