@@ -288,7 +288,8 @@ class LatencyModel:
         for times, atoms, embed, share in self.head_items:
             kept = keep[atoms].mean() if atoms.size else 1.0
             # timed at the full embedding width; the projections' share scales with it
-            width = float(np.mean([keep[e].mean() for e in embed if e.size])) if embed else 1.0
+            widths = [keep[e].mean() for e in embed if e.size]
+            width = float(np.mean(widths)) if widths else 1.0
             total += float(np.interp(kept, GRID, times)) * (1 - share + share * width)
         return (total + CostModel._scaled(self.mac_items, keep)
                 + CostModel._scaled(self.memory_items, keep))

@@ -305,7 +305,8 @@ def plan(
         example_inputs: a tensor or tuple of inputs, e.g. ``[1, 3, 224, 224]`` float32.
         config: a ``PlanConfig``; or pass its fields as keyword arguments
             (``amount=0.5, importance="l2", round_to=8, ...``).
-        graph: a dependency graph already traced from this model (reused, not re-traced).
+        graph: a dependency graph already traced from this model (reused; traced again only
+            when a width attribute or a norm fails the final checks and must be kept).
         timer: latency budgets: how time is measured (default ``WallClock()``).
         progress: latency budgets: progress bars while the table is measured and calibrated.
 
