@@ -70,6 +70,15 @@ class _Walk:
         labels = self.g.node_labels.get(node) if isinstance(node, fx.Node) else None
         return _carries(labels, self.g, self.roots)
 
+    def on_dim(self, node: fx.Node, dim: int) -> bool:
+        """The channels are on dim ``dim`` of ``node``'s (tensor) result."""
+        labels = self.g.node_labels.get(node)
+        if isinstance(labels, tuple) and labels and isinstance(labels[0], tuple):
+            labels = labels[0]  # a module returning (output, ...), e.g. attention
+        if not isinstance(labels, tuple) or not labels or not -len(labels) <= dim < len(labels):
+            return False
+        return _carries(labels[dim], self.g, self.roots)
+
     def zero(self, node: fx.Node) -> str | None:
         if node not in self.memo:
             self.memo[node] = "(cycle)"
@@ -94,16 +103,32 @@ class _Walk:
             return f"model input {node.name}"
         if node.op == "call_module":
             m = g.model.get_submodule(str(node.target))
+            rms = getattr(nn, "RMSNorm", None)
             if isinstance(m, _LAYERS) or type(m).__name__ in (
                     "ShiftedWindowAttention", "ShiftedWindowAttentionV2",
                     "RelativePositionalMultiHeadAttention"):
-                return None  # masked weight rows and bias: removed outputs are zero
-            if isinstance(m, (*_AFFINE_NORMS, PrunedLayerNorm)) and getattr(m, "weight", None) \
-                    is not None:
-                return None  # masked weight and bias
-            rms = getattr(nn, "RMSNorm", None)
-            if rms is not None and isinstance(m, rms) and m.weight is not None:
-                return None
+                # masked weight rows and bias: removed outputs are zero -- when the channels
+                # are the layer's outputs, not a dim it maps over (then its bias shows there)
+                out_dim = 1 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                              nn.ConvTranspose2d, nn.ConvTranspose3d)) else -1
+                if self.on_dim(node, out_dim):
+                    return None
+                bias = getattr(m, "bias", None) if not isinstance(m, nn.MultiheadAttention) \
+                    else None
+                return self._inputs(node, (node.args[0],)) if bias is None and isinstance(
+                    m, nn.Linear) else f"{node.name} ({type(m).__name__} over another dim)"
+            is_norm = isinstance(m, (*_AFFINE_NORMS, PrunedLayerNorm)) or (
+                rms is not None and isinstance(m, rms))
+            if is_norm and getattr(m, "weight", None) is not None:
+                # masked weight and bias, on the norm's own channel dim
+                if isinstance(m, (nn.LayerNorm, PrunedLayerNorm)) or (
+                        rms is not None and isinstance(m, rms)):
+                    norm_dim = getattr(m, "channel_dim", -1)
+                else:
+                    norm_dim = 1
+                if self.on_dim(node, norm_dim):
+                    return None
+                return f"{node.name} ({type(m).__name__} over another dim)"
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
                 return self._inputs(node)  # (0 - masked mean) / std = 0
             if isinstance(m, _ZERO_MODULES) or any(
@@ -114,19 +139,22 @@ class _Walk:
         if node.op == "call_function" and target is operator.getitem and isinstance(
                 node.args[0], fx.Node) and node.args[0].op == "call_module" and isinstance(
                 g.model.get_submodule(str(node.args[0].target)), nn.MultiheadAttention):
-            return None  # MHA's output: out_proj rows masked
+            if node.args[1] == 0 and self.on_dim(node, -1):
+                return None  # MHA's output: out_proj rows masked
+            return f"{node.name} (attention output over another dim)"
         if node.op == "call_function" and target is F.layer_norm:
             w = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
-            if isinstance(w, fx.Node) and w.op == "get_attr":
+            if isinstance(w, fx.Node) and w.op == "get_attr" and self.on_dim(node, -1):
                 return None  # a LayerNorm2d-style module's masked weight and bias
             return f"{node.name} (layer norm without weight)"
         if node.op == "call_function" and target is F.linear:
             w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
-            labels = g.node_labels.get(node)
-            if isinstance(w, fx.Node) and w.op == "get_attr" and labels and _carries(
-                    (labels[-1],), g, self.roots):
+            b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            if isinstance(w, fx.Node) and w.op == "get_attr" and self.on_dim(node, -1):
                 return None
-            return self._inputs(node, (node.args[0],))
+            if b is None:
+                return self._inputs(node, (node.args[0],))
+            return f"{node.name} (linear with a bias over another dim)"
         if (node.op == "call_function" and (target in _ZERO_FUNCTIONS or getattr(
                 target, "__name__", None) == "_patch_merging_pad")) or (
                 node.op == "call_method" and target in _ZERO_METHODS):

@@ -170,3 +170,28 @@ def test_norm_kept_when_removed_channels_may_be_non_zero_on_other_inputs(case):
     other = torch.randn(4, 8) * 4 + 6
     with torch.no_grad():
         torch.testing.assert_close(small(other), p.masked_model()(other), atol=1e-4, rtol=1e-4)
+
+
+def test_norm_after_a_linear_over_another_dim_keeps_its_width():
+    """A Linear with a bias mapping over the token dim of [B, C, L] writes its bias into the
+    removed channels: the norm over C that follows keeps its width (found by the graph proof,
+    not only on the example)."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 16, 1)
+            self.mix = nn.Linear(8, 8)  # over L
+            self.norm = nn.LayerNorm(16)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.mix(self.conv(x)).transpose(1, 2)  # [B, L, C]
+            return self.head(self.norm(h))
+
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(2, 4, 8)
+    p = plan(model, x, amount=0.5)
+    assert any(u.module == "norm" and "mix" in u.why for u in p.unprunable), str(p)
+    with torch.no_grad():
+        torch.testing.assert_close(p.apply()(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
