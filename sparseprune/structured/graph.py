@@ -168,6 +168,24 @@ class DependencyGraph:
             self._param_atoms.update(atoms.tolist())
         return atoms
 
+    def head_block(self, heads: int, width: int, owner: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(inner, per_head)``: ``heads * width`` fresh atoms for attention's inner width, all
+        ``width`` of a head sharing one (heads leave whole), and that one atom per head."""
+        inner = self.new_block(heads * width, owner)
+        grid = inner.reshape(heads, width)
+        self.unify(grid, grid[:, :1])
+        return inner, grid[:, 0]
+
+    def linear_out(self, name: str, m: nn.Module) -> np.ndarray:
+        """Fresh atoms for the outputs of Linear ``name`` (module ``m``), attached to its weight
+        rows and bias and to ``out_features``."""
+        out = self.new_block(m.out_features, name)
+        self.attach(f"{name}.weight", 0, out, "weight")
+        if m.bias is not None:
+            self.attach(f"{name}.bias", 0, out, "bias")
+        self.set_attr(name, "out_features", out)
+        return out
+
     def pinned_block(self, n: int, owner: str) -> np.ndarray:
         """``n`` fresh atoms, already kept: what a layer's input dim is attached to when its
         input carries no channel labels (a model input), so that a second call of the same

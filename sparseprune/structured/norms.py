@@ -41,6 +41,9 @@ def counted_layer_norm(x: Tensor, full_width: int, weight: Optional[Tensor],  # 
         A tensor like ``x``.
     """
     k = x.shape[dim]
+    if full_width < k:
+        raise ValueError("counted_layer_norm: full_width=" + str(full_width) + " is below the "
+                         "input's " + str(k) + " channels along dim " + str(dim))
     if x.numel() == 0:  # no channels kept, or batch 0
         return x.clone()
     var_k, mean_k = torch.var_mean(x, dim=dim, correction=0, keepdim=True)

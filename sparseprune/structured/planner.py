@@ -351,18 +351,20 @@ def plan(
         fixed_norms.update(bad_norms)
         if not bad_widths and not bad_norms:
             return result
-        graph = trace(model, example_inputs, protect_output=config.protect_output,
-                      leaf_modules=config.leaf_modules, layer_norm=config.layer_norm,
-                      grouped=config.grouped, fixed_norms=fixed_norms,
-                      fixed_widths=fixed_widths)
+        graph = _trace(model, example_inputs, config, fixed_norms, fixed_widths)
+
+
+def _trace(model: nn.Module, example_inputs: tuple, config: PlanConfig,
+           fixed_norms: dict | None = None, fixed_widths: dict | None = None) -> DependencyGraph:
+    return trace(model, example_inputs, protect_output=config.protect_output,
+                 leaf_modules=config.leaf_modules, layer_norm=config.layer_norm,
+                 grouped=config.grouped, fixed_norms=fixed_norms, fixed_widths=fixed_widths)
 
 
 def _plan_once(model: nn.Module, example_inputs: tuple, config: PlanConfig,
                graph: DependencyGraph | None, timer: WallClock | None, progress: bool) -> Plan:
     if graph is None:
-        graph = trace(model, example_inputs, protect_output=config.protect_output,
-                      leaf_modules=config.leaf_modules, layer_norm=config.layer_norm,
-                      grouped=config.grouped)
+        graph = _trace(model, example_inputs, config)
     elif graph.grouped != config.grouped:
         raise ValueError(f"the graph was traced with grouped={graph.grouped!r} but the config "
                          f"asks for grouped={config.grouped!r}; trace again or pass no graph")

@@ -75,6 +75,11 @@ def test_constructor_and_swap_validate():
         PrunedLayerNorm((2, 4), 8)
 
 
+def test_counted_layer_norm_rejects_a_full_width_below_the_input():
+    with pytest.raises(ValueError, match="full_width=4 is below the input's 6 channels"):
+        counted_layer_norm(torch.randn(2, 6), 4, None, None, 1e-5)
+
+
 def test_removed_input_max():
     x = torch.tensor([[0.0, 1.0, 0.0, -3.0]])
     assert removed_input_max(x, -1, torch.tensor([0, 2])) == 0.0

@@ -77,9 +77,7 @@ def _multihead_attention(ctx: _Ctx) -> Any:
             ctx.fix(ctx.lab(args[a]), keep_why)
         _pin_projections(g, name, m, None)  # embed_dim stays: for every call of the module
     h, d = m.num_heads, m.head_dim
-    inner = g.new_block(h * d, name)
-    grid = inner.reshape(h, d)
-    g.unify(grid, grid[:, :1])
+    inner, heads = g.head_block(h, d, name)
     if m._qkv_same_embed_dim:
         g.attach(f"{name}.in_proj_weight", 0, np.tile(inner, 3), "weight")
     else:
@@ -88,7 +86,7 @@ def _multihead_attention(ctx: _Ctx) -> Any:
     if m.in_proj_bias is not None:
         g.attach(f"{name}.in_proj_bias", 0, np.tile(inner, 3), "bias")
     g.attach(f"{name}.out_proj.weight", 1, inner, "weight")
-    g.set_attr(name, "num_heads", grid[:, 0])
+    g.set_attr(name, "num_heads", heads)
     lq = q.numel() // q.shape[-1]
     lk = k.numel() // k.shape[-1]
     src = k.shape[-2] if (q.dim() == 3 and m.batch_first) else k.shape[0]
@@ -98,11 +96,7 @@ def _multihead_attention(ctx: _Ctx) -> Any:
         g.attach(f"{name}.in_proj_weight", 1, lin, "weight")
         for attr in ("embed_dim", "kdim", "vdim"):
             g.set_attr(name, attr, lin)
-        lab = g.new_block(out.shape[-1], f"{name}.out_proj")
-        g.attach(f"{name}.out_proj.weight", 0, lab, "weight")
-        if m.out_proj.bias is not None:
-            g.attach(f"{name}.out_proj.bias", 0, lab, "bias")
-        g.set_attr(f"{name}.out_proj", "out_features", lab)
+        lab = g.linear_out(f"{name}.out_proj", m.out_proj)
     else:
         lin = None
         lab = tq[-1]

@@ -180,11 +180,7 @@ def _linear(ctx: _Ctx) -> Any:
     lin = tl[-1] if tl[-1] is not None else g.pinned_block(m.in_features, name)
     g.attach(f"{name}.weight", 1, lin, "weight")
     g.set_attr(name, "in_features", lin)
-    out = g.new_block(m.out_features, name)
-    g.attach(f"{name}.weight", 0, out, "weight")
-    if m.bias is not None:
-        g.attach(f"{name}.bias", 0, out, "bias")
-    g.set_attr(name, "out_features", out)
+    out = g.linear_out(name, m)
     g.add_macs(ctx.result.numel() * m.in_features, [out, lin], name)
     g.layer_inputs[name] = tuple(x.shape)
     return tl[:-1] + (out,)

@@ -51,10 +51,8 @@ def _window_attention(ctx: _Ctx) -> Any:
     if not _same(swin_forward(m, x), ctx.result):
         return _unknown(ctx, f"{type(m).__name__}'s forward does not compute torchvision's "
                         "shifted window attention (checked on the example input)")
-    g = ctx.graph
-    tl = ctx.tl(ctx.node.args[0])
-    lin = tl[-1] if tl[-1] is not None else g.pinned_block(x.shape[-1], name)
-    inner, heads = _heads(ctx, name, h, inner_w // h)
+    g, tl, lin = _stream_input(ctx, name, x)
+    inner, heads = g.head_block(h, inner_w // h, name)
     out = _in_out(ctx, f"{name}.qkv", f"{name}.proj", inner, lin, m.qkv, m.proj)
     if v2:
         g.attach(f"{name}.logit_scale", 0, heads, "weight")
@@ -88,12 +86,12 @@ def _same(ours: torch.Tensor, theirs: object) -> bool:
     return bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
 
 
-def _heads(ctx: _Ctx, name: str, h: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(inner, heads)``: ``h * d`` atoms, one per head (all ``d`` of a head share it)."""
-    inner = ctx.graph.new_block(h * d, name)
-    grid = inner.reshape(h, d)
-    ctx.graph.unify(grid, grid[:, :1])
-    return inner, grid[:, 0]
+def _stream_input(ctx: _Ctx, name: str, x: torch.Tensor) -> tuple[Any, tuple, np.ndarray]:
+    """``(graph, input labels, atoms of the input's last dim)``, the atoms kept when the input
+    carries no channel labels."""
+    g = ctx.graph
+    tl = ctx.tl(ctx.node.args[0])
+    return g, tl, tl[-1] if tl[-1] is not None else g.pinned_block(x.shape[-1], name)
 
 
 def _in_out(ctx: _Ctx, qkv: str, proj: str, inner: np.ndarray, lin: np.ndarray,
@@ -109,12 +107,7 @@ def _in_out(ctx: _Ctx, qkv: str, proj: str, inner: np.ndarray, lin: np.ndarray,
     g.set_attr(qkv, "out_features", np.tile(inner, 3))
     g.attach(f"{proj}.weight", 1, inner, "weight")
     g.set_attr(proj, "in_features", inner)
-    out = g.new_block(m_proj.out_features, proj)
-    g.attach(f"{proj}.weight", 0, out, "weight")
-    if m_proj.bias is not None:
-        g.attach(f"{proj}.bias", 0, out, "bias")
-    g.set_attr(proj, "out_features", out)
-    return out
+    return g.linear_out(proj, m_proj)
 
 
 @_module_name_rule(*GRID_ATTENTION)
@@ -137,10 +130,8 @@ def _grid_attention(ctx: _Ctx) -> Any:
     if not _same(grid_attention(m, x), ctx.result):
         return _unknown(ctx, f"{type(m).__name__}'s forward does not compute torchvision's "
                         "MaxViT attention (checked on the example input)")
-    g = ctx.graph
-    tl = ctx.tl(ctx.node.args[0])
-    lin = tl[-1] if tl[-1] is not None else g.pinned_block(x.shape[-1], name)
-    inner, heads = _heads(ctx, name, h, m.head_dim)
+    g, tl, lin = _stream_input(ctx, name, x)
+    inner, heads = g.head_block(h, m.head_dim, name)
     out = _in_out(ctx, f"{name}.to_qkv", f"{name}.merge", inner, lin, m.to_qkv, m.merge)
     g.attach(f"{name}.relative_position_bias_table", 1, heads, "weight")
     g.set_attr(name, "n_heads", heads)
