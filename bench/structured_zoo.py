@@ -9,8 +9,9 @@ runs on a copy, whatever sparseprune's outcome, and its MAC cut (counted with ``
 too, so that the two cuts compare) and seconds are printed beside. Prints a Markdown table;
 ``--plans FILE`` also writes every plan (widths, ops kept and why).
 
-With the defaults (no rounding, floor 1/8 of a width, LayerNorm widths pruned exactly) the two
-cut the same channels of the conv families; TP's shrunk LayerNorms (ConvNeXt, Swin, ViT) are not
+With the defaults (groups under 256 channels not rounded, wider ones to multiples of 16, floor
+1/8 of a width, LayerNorm widths pruned exactly) the two cut the same channels of the conv
+families, to the rounding; TP's shrunk LayerNorms (ConvNeXt, Swin, ViT) are not
 equal to their masked originals, sparseprune's are (``PrunedLayerNorm``). ``--round-to`` and
 ``--min-channels`` plan with other floors (the 16/16 of the first tables: ``--round-to 16
 --min-channels 16``). Torch-Pruning 1.6.1 needs more
@@ -155,7 +156,9 @@ def main() -> int:
     ap.add_argument("--local", action="store_true", help="the small test families instead")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning even if installed")
     ap.add_argument("--plans", help="write every plan (print(plan)) to this file")
-    ap.add_argument("--round-to", type=int, default=1, help="plan option (default 1)")
+    ap.add_argument("--round-to", default="auto",
+                    type=lambda v: v if v == "auto" else int(v),
+                    help="plan option: an int or auto (default: wide groups round to 16)")
     ap.add_argument("--min-channels", type=int, default=1, help="plan option (default 1)")
     args = ap.parse_args()
     options = {"round_to": args.round_to, "min_channels": args.min_channels}

@@ -33,6 +33,19 @@ def _threads(text: str) -> int:
     return n
 
 
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value}")
+    return value
+
+
 def _shapes(text: str) -> list[tuple[int, int]]:
     out = []
     for item in text.split(","):
@@ -396,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--latency", type=float,
                         help="latency budget, a fraction in (0, 1] of the unpruned model's, "
                         "measured on this CPU (table cached in ~/.cache/sparseprune)")
-    chan.add_argument("--round-to", type=int, default=1,
-                      help="widths become multiples of this (default 1: no rounding)")
+    chan.add_argument("--round-to", type=_round_to, default="auto",
+                      help="widths become multiples of this (1: no rounding); default auto: "
+                      "groups of 256 channels or more round to 16, narrower ones not at all")
     chan.add_argument("--min-channels", type=int, default=1,
                       help="no group keeps fewer channels (default 1)")
     chan.add_argument("--min-ratio", type=float, default=1 / 8,

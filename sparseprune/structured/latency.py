@@ -1,17 +1,20 @@
 """Latency budget: a per-layer latency table by width, measured once on this CPU and cached.
 
-Every conv / linear layer is timed alone at input and output widths {1/4, 1/2, 1} of its own
-(9 points, tiny timing loops: one warm-up, best of three) and interpolated bilinearly in between.
-A self-attention ``nn.MultiheadAttention`` is timed whole (projections, scores, softmax,
-weighted sum, out_proj) at {1/4, 1/2, 1} of its heads, as the surgery leaves it, and
-interpolated linearly: its time is not proportional to its MACs (softmax and the per-head
-matmuls are small and memory-bound). Other ops with MACs that are not timed alone (attention
-matmuls written out functionally, einsum) are charged the timed layers' seconds per MAC,
-scaled by their kept MACs. The rest of the measured full model (norms, activations, adds,
-pooling) is charged as memory traffic: a fixed per-op cost plus a share proportional to the
-elements each op writes, scaled by the kept fraction of that tensor's channels. Tables are cached in
-``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``) by CPU, torch version, thread count,
-layer shape and memory layout.
+Every conv / linear layer is timed alone at input and output widths {1/4, 1/2, 1} of its own (9
+points, tiny timing loops: one warm-up, best of three) and interpolated bilinearly in between. A
+self-attention ``nn.MultiheadAttention`` is timed whole (projections, scores, softmax, weighted
+sum, out_proj) at {1/4, 1/2, 1} of its heads by {1/4, 1/2, 1} of its embedding width, as the
+surgery leaves it, and interpolated bilinearly: its time is not proportional to its MACs
+(softmax and the per-head matmuls are small and memory-bound, the projections are GEMMs). Other
+ops with MACs that are not timed alone (attention matmuls written out functionally, einsum) are
+charged the timed layers' seconds per MAC, scaled by their kept MACs. The rest of the measured
+full model (norms, activations, adds, pooling) is charged as memory traffic: a fixed per-op cost
+plus a share proportional to the elements each op writes, scaled by the kept fraction of that
+tensor's channels. Tables are cached in ``$SPARSEPRUNE_CACHE`` (default
+``~/.cache/sparseprune``) by CPU, torch version, thread count, layer shape and memory layout; a
+table read from the cache is scaled by its full-width point timed again now (once per distinct
+layer), so that it and the whole-model time measured now (which sets the remainder above) come
+from the same machine state.
 
 The table only predicts; ``plan`` then measures the pruned model against the unpruned one
 (``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio is within the
@@ -152,9 +155,8 @@ class LatencyModel:
         except (OSError, ValueError):
             cache = {}
         self.items = []
-        # (times by GRID, head atoms, embedding atoms, share of the module's MACs that also
-        # scales with the embedding width)
-        self.head_items: list[tuple[np.ndarray, np.ndarray, list[np.ndarray], float]] = []
+        # (times by GRID of heads x GRID of embedding width, head atoms, embedding atoms)
+        self.head_items: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = []
         timed, untimed = [], []
         attention: dict[str, list] = {}  # a timed-by-heads module's MAC items, all of them
         for it in graph.macs_items:
@@ -175,15 +177,29 @@ class LatencyModel:
         from tqdm.auto import tqdm
 
         total_layers, timed_macs = 0.0, 0.0
+        fresh: dict[str, np.ndarray] = {}  # this plan's tables, by key
+
+        def table_of(key: str, measure, full) -> np.ndarray:
+            if key not in fresh:
+                if key in cache:  # the curve from the cache, its level from now
+                    table = np.array(cache[key])
+                    fresh[key] = table * (full() / table.flat[-1])
+                else:
+                    cache[key] = measure()
+                    fresh[key] = np.array(cache[key])
+                    bar.update()
+            return fresh[key]
+
         with tqdm(total=len(todo), desc="latency table", unit="layer", leave=False,
                   disable=not (progress and todo)) as bar:
             for it, m in timed:
                 key = self._key(it.module, m, graph)
-                if key not in cache:
-                    cache[key] = self._measure(m, graph.layer_inputs[it.module], timer,
-                                               self.channels_last)
-                    bar.update()
-                table = np.array(cache[key])
+                shape = graph.layer_inputs[it.module]
+                table = table_of(
+                    key, lambda m=m, shape=shape: self._measure(m, shape, timer,
+                                                                self.channels_last),
+                    lambda m=m, shape=shape: self._measure(m, shape, timer, self.channels_last,
+                                                           (1.0,))[0][0])
                 dims = [costs.index(d) for d in it.dims]
                 depthwise = not isinstance(m, nn.Linear) and 1 < m.groups == m.in_channels
                 self.items.append((table, dims, not depthwise))
@@ -192,18 +208,16 @@ class LatencyModel:
             for items, m in heads:
                 name = items[0].module
                 key = self._heads_key(name, m, graph)
-                if key not in cache:
-                    shape, need_weights = graph.attention_calls[name]
-                    cache[key] = self._measure_heads(m, shape, need_weights, timer)
-                    bar.update()
-                times = np.array(cache[key])
+                shape, need_weights = graph.attention_calls[name]
+                times = table_of(
+                    key, lambda m=m, s=shape, w=need_weights: self._measure_heads(m, s, w, timer),
+                    lambda m=m, s=shape, w=need_weights: self._measure_heads(
+                        m, s, w, timer, (1.0,))[0][0])
                 # every item's first dim is the heads; a second one is the embedding width
                 # (the projections of a self-attention whose embed_dim may shrink)
                 embed = [costs.index(it.dims[1]) for it in items if len(it.dims) > 1]
-                share = sum(it.base for it in items if len(it.dims) > 1) / max(
-                    sum(it.base for it in items), 1.0)
-                self.head_items.append((times, costs.index(items[0].dims[0]), embed, share))
-                total_layers += times[-1]
+                self.head_items.append((times, costs.index(items[0].dims[0]), embed))
+                total_layers += times[-1, -1]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
         self.reference = graph.model
@@ -242,19 +256,27 @@ class LatencyModel:
         shape, need_weights = graph.attention_calls[name]
         return (f"MultiheadAttention|{m.embed_dim}|{m.num_heads}|{m.batch_first}|"
                 f"{m.in_proj_bias is not None}|{shape}|{need_weights}|"
-                f"{next(m.parameters()).dtype}|heads")
+                f"{next(m.parameters()).dtype}|heads-width")
 
     @staticmethod
     def _measure_heads(m: nn.MultiheadAttention, shape: tuple, need_weights: bool,
-                       timer: WallClock) -> list[float]:
-        from .mha import keep_heads
+                       timer: WallClock, grid: tuple = GRID) -> list[list[float]]:
+        """Seconds by heads (rows) and embedding width (columns), fractions ``grid``; the
+        width stays whole for a module whose in-projection is not packed."""
+        from .mha import keep_heads, keep_width
 
-        x = torch.randn(*shape)
-        out = []
-        for f in GRID:
-            layer = _SelfAttention(keep_heads(m, max(1, round(m.num_heads * f))), need_weights)
-            out.append(timer.layer(layer.eval(), (x,)))
-        return out
+        table = []
+        for fh in grid:
+            row = []
+            for fw in grid:
+                attn = keep_heads(m, max(1, round(m.num_heads * fh)))
+                width = max(1, round(m.embed_dim * fw)) if m._qkv_same_embed_dim else m.embed_dim
+                layer = _SelfAttention(keep_width(attn, width) if width < m.embed_dim else attn,
+                                       need_weights)
+                x = torch.randn(*shape[:-1], width)
+                row.append(timer.layer(layer.eval(), (x,)))
+            table.append(row)
+        return table
 
     def _key(self, name: str, m: nn.Module, graph: DependencyGraph) -> str:
         shape = graph.layer_inputs[name]
@@ -262,12 +284,13 @@ class LatencyModel:
         return f"{type(m).__name__}|{m}|{shape}|{next(m.parameters()).dtype}{layout}"
 
     @staticmethod
-    def _measure(m: nn.Module, shape: tuple, timer: WallClock,
-                 nhwc: bool) -> list[list[float]]:
+    def _measure(m: nn.Module, shape: tuple, timer: WallClock, nhwc: bool,
+                 grid: tuple = GRID) -> list[list[float]]:
+        """Seconds by input (rows) and output width (columns), fractions ``grid``."""
         table = []
-        for fin in GRID:
+        for fin in grid:
             row = []
-            for fout in GRID:
+            for fout in grid:
                 layer, cin = _scaled_layer(m, fin, fout)
                 x = torch.randn(*shape[:-1], cin) if isinstance(m, nn.Linear) else \
                     torch.randn(shape[0], cin, *shape[2:])
@@ -285,12 +308,11 @@ class LatencyModel:
             fin = keep[dims[1]].mean() if has_in and len(dims) > 1 and dims[1].size else (
                 fout if not has_in else 1.0)
             total += _bilinear(table, fin, fout)
-        for times, atoms, embed, share in self.head_items:
+        for times, atoms, embed in self.head_items:
             kept = keep[atoms].mean() if atoms.size else 1.0
-            # timed at the full embedding width; the projections' share scales with it
             widths = [keep[e].mean() for e in embed if e.size]
             width = float(np.mean(widths)) if widths else 1.0
-            total += float(np.interp(kept, GRID, times)) * (1 - share + share * width)
+            total += _bilinear(times, kept, width)
         return (total + CostModel._scaled(self.mac_items, keep)
                 + CostModel._scaled(self.memory_items, keep))
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HeadPrunedMultiheadAttention", "is_head_pruned", "keep_heads", "mark_head_pruned"]
+__all__ = ["HeadPrunedMultiheadAttention", "is_head_pruned", "keep_heads", "keep_width",
+           "mark_head_pruned"]
 
 
 class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
@@ -170,5 +171,34 @@ def keep_heads(m: nn.MultiheadAttention, heads: int) -> nn.MultiheadAttention:
             out.in_proj_bias = cut(m.in_proj_bias, 0, True)
         out.out_proj.weight = cut(m.out_proj.weight, 1, False)
     out.num_heads = heads
+    mark_head_pruned(out)
+    return out
+
+
+def keep_width(m: nn.MultiheadAttention, width: int) -> nn.MultiheadAttention:
+    """A copy of self-attention ``m`` (one packed in-projection) on its first ``width``
+    embedding channels (1 <= width <= embed_dim), as the surgery leaves a module whose residual
+    stream shrank: ``embed_dim``, the in-projection's inputs and ``out_proj``'s outputs cut,
+    heads kept. Used to time attention at an embedding width (the latency table)."""
+    e = m.embed_dim
+    if not m._qkv_same_embed_dim:
+        raise ValueError("keep_width: the module has separate query / key / value projections")
+    if not 1 <= width <= e:
+        raise ValueError(f"keep_width: width must be in [1, {e}], got {width}")
+    out = copy.deepcopy(m)
+    if width == e:
+        return out
+
+    def param(t: torch.Tensor) -> nn.Parameter:
+        return nn.Parameter(t.detach().clone(), requires_grad=False)
+
+    with torch.no_grad():
+        out.in_proj_weight = param(m.in_proj_weight[:, :width])
+        out.out_proj.weight = param(m.out_proj.weight[:width])
+        if m.out_proj.bias is not None:
+            out.out_proj.bias = param(m.out_proj.bias[:width])
+    out.embed_dim = out.kdim = out.vdim = width
+    out.out_proj.out_features = width
+    out.out_proj.in_features = out.num_heads * out.head_dim
     mark_head_pruned(out)
     return out

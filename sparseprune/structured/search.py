@@ -35,6 +35,19 @@ class _GroupState:
 
 
 
+# round_to="auto": groups this wide (channels) round to multiples of AUTO_ROUND channels
+AUTO_ROUND = 16
+AUTO_ROUND_MIN_WIDTH = 256
+
+
+def _step(g: Group, round_to: int | str) -> int:
+    """Rounding unit of group ``g`` in units (a unit is ``g.unit_channels`` channels)."""
+    u = g.unit_channels
+    if round_to == "auto":
+        round_to = AUTO_ROUND if len(g) * u >= AUTO_ROUND_MIN_WIDTH else 1
+    return max(1, round_to // u) if round_to % u == 0 else 1
+
+
 def _target(config: PlanConfig, base: float) -> float:
     if config.amount is not None:
         return base * (1 - config.amount)
@@ -93,9 +106,8 @@ def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupStat
                              f"{n} units")
         mean = scores.mean()
         norm = scores / mean if mean > 0 else np.zeros(n)
+        step = _step(g, config.round_to)
         u = g.unit_channels
-        step = config.round_to // u if config.round_to % u == 0 else 1
-        step = max(1, step)
         floor = max(math.ceil(n * config.min_ratio), math.ceil(config.min_channels / u))
         floor = min(n, -(-floor // step) * step)
         ignored, amount, note = _group_amount(g, config)

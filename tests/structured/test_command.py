@@ -159,3 +159,17 @@ def test_channels_layer_amount_needs_glob_and_number(capsys):
             main(["channels", FACTORY, "--input", "1,3,32,32", "--layer-amount", bad])
         assert exc.value.code == 2
         assert "--layer-amount" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("16", True), ("0", False),
+                                       ("x", False)])
+def test_channels_round_to_parses_auto_and_ints(value, ok, capsys):
+    argv = ["channels", FACTORY, "--input", "1,3,32,32", "--amount", "0.3", "--round-to",
+            value, "--threads", "1"]
+    if ok:
+        assert main(argv) == 0
+        assert f"round_to={value}" in capsys.readouterr().out
+    else:
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "expected a positive integer or 'auto'" in capsys.readouterr().err

@@ -4,6 +4,9 @@ Timing here is done by deterministic clocks (MACs and parameters), so the tests 
 planning and calibration logic, not this machine's speed (bench/ measures that).
 """
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -77,7 +80,11 @@ def test_latency_budget_uses_a_cached_table(cache, one_thread):
     clock = CountingClock()
     plan(model, x, latency=0.9, round_to=8, min_channels=8, calibrate=0, progress=False,
          timer=clock)
-    assert clock.layers == 2  # table reused: only the full model and the per-op probe timed
+    # table reused: the full model, the per-op probe and each distinct layer once at full
+    # width (to scale its cached curve to the machine's state now), not 9 points each
+    (path,) = cache.glob("latency-*.json")
+    distinct = len(json.loads(path.read_text()))
+    assert distinct < 20 and clock.layers == 2 + distinct
     small = p.apply()
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
@@ -213,3 +220,24 @@ def test_functional_model_without_timed_layers(cache):
     assert p.latency_table.items == [] and p.latency_table.mac_items
     assert p.after["latency_s"] <= 0.6 * p.before["latency_s"] * 1.0001
     assert p.apply().w1.shape[0] < 64
+
+
+class TwiceAsSlowClock(MacClock):
+    def layer(self, module, inputs) -> float:
+        return 2 * super().layer(module, inputs)
+
+
+def test_cached_table_is_scaled_to_the_machine_now(cache):
+    """A table from the cache keeps its shape but takes its level from a timing made now: on a
+    machine twice as slow every prediction doubles (the remainder measured now stays
+    consistent with it)."""
+    torch.manual_seed(0)
+    model = randomize_bn(ResNet18(width=32))
+    x = torch.randn(1, 3, 32, 32)
+    first = plan(model, x, latency=0.6, calibrate=0, timer=MacClock(), progress=False)
+    again = plan(model, x, latency=0.6, calibrate=0, timer=TwiceAsSlowClock(), progress=False)
+    assert again.before["latency_s"] == pytest.approx(2 * first.before["latency_s"])
+    assert np.array_equal(again.keep, first.keep)
+    table, fresh = first.latency_table, again.latency_table
+    for (a, _, _), (b, _, _) in zip(table.items, fresh.items, strict=True):
+        np.testing.assert_allclose(b, 2 * a)

@@ -1,4 +1,5 @@
-"""The latency table times ``nn.MultiheadAttention`` by head count (not by its MACs).
+"""The latency table times ``nn.MultiheadAttention`` by head count and embedding width (not
+by its MACs).
 
 A deterministic clock stands in for the wall clock: attention costs a fixed part plus a part per
 head, whatever its MACs, the way softmax and small per-head matmuls behave on a CPU.
@@ -11,19 +12,20 @@ from torch import nn
 
 from sparseprune.structured.budget import CostModel
 from sparseprune.structured.graph import trace
-from sparseprune.structured.latency import LatencyModel, _SelfAttention
-from sparseprune.structured.mha import HeadPrunedMultiheadAttention, keep_heads
+from sparseprune.structured.latency import LatencyModel, _bilinear, _SelfAttention
+from sparseprune.structured.mha import HeadPrunedMultiheadAttention, keep_heads, keep_width
 
 from .models import ViT
 from .test_latency import MacClock
 
 
 class HeadClock(MacClock):
-    """Attention: 2 ms + 1 ms per head; everything else: its MACs (as MacClock)."""
+    """Attention: 2 ms + 1 ms per head at the full embedding width of 64, the per-head part
+    scaling with the width; everything else: its MACs (as MacClock)."""
 
     def layer(self, module, inputs) -> float:
         if isinstance(module, _SelfAttention):
-            return 2e-3 + 1e-3 * module.attn.num_heads
+            return 2e-3 + 1e-3 * module.attn.num_heads * module.attn.embed_dim / 64
         return super().layer(module, inputs)
 
 
@@ -41,8 +43,11 @@ def test_attention_is_timed_by_head_count(cache):
     assert graph.attention_calls["blocks.0.attn.mha"] == ((1, 17, 64), False)
     costs = CostModel(graph)
     table = LatencyModel(graph, costs, HeadClock())
-    # 1, 2 and 4 of the 4 heads (the grid's 1/4, 1/2, 1)
-    assert [item[0].tolist() for item in table.head_items] == [[3e-3, 4e-3, 6e-3]] * 2
+    # rows: 1, 2 and 4 of the 4 heads; columns: 16, 32 and 64 of the 64 embedding channels
+    # (the grid's 1/4, 1/2, 1)
+    want = [[2e-3 + 1e-3 * h * w for w in (0.25, 0.5, 1.0)] for h in (1, 2, 4)]
+    for item in table.head_items:
+        np.testing.assert_allclose(item[0], want)
     keep = costs.full()
     full = table.latency(keep)
     heads0 = np.unique(table.head_items[0][1])
@@ -51,13 +56,39 @@ def test_attention_is_timed_by_head_count(cache):
     assert table.latency(keep) == pytest.approx(full - 2e-3)
     keep[heads0[2]] = False  # 1 of 4 heads left: the grid's first point
     assert table.latency(keep) == pytest.approx(full - 3e-3)
-    # the embedding width (the residual stream): the projections' share of the MACs scales
-    _, _, embed, share = table.head_items[0]
-    assert embed and 0.3 < share < 1.0
+    # the embedding width (the residual stream): read off the table's second axis
+    embed = table.head_items[0][2]
+    assert embed
     keep = costs.full()
-    keep[np.unique(np.concatenate(embed))] = False  # no embedding width left: a lower bound
-    low = table.latency(keep)
-    assert low < full
+    width = np.unique(np.concatenate(embed))
+    assert width.size == 64
+    keep[width[:32]] = False  # half the width: both attention modules' per-head part halves
+    attn_full = sum(_bilinear(t, 1.0, 1.0) for t, _, _ in table.head_items)
+    attn_half = sum(_bilinear(t, 1.0, 0.5) for t, _, _ in table.head_items)
+    assert attn_half == pytest.approx(attn_full - 2 * 2e-3)
+    assert table.latency(keep) < full - (attn_full - attn_half) * 0.999
+
+
+def test_keep_width_matches_zeroing_the_other_channels():
+    torch.manual_seed(0)
+    m = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    small = keep_width(keep_heads(m, 3), 20)
+    assert type(small) is HeadPrunedMultiheadAttention
+    assert (small.embed_dim, small.num_heads, small.head_dim) == (20, 3, 8)
+    assert small.in_proj_weight.shape == (72, 20) and small.out_proj.weight.shape == (20, 24)
+    x = torch.randn(2, 5, 32)
+    x[..., 20:] = 0  # the removed channels, zero in the masked model
+    ref = keep_heads(m, 3)
+    with torch.no_grad():
+        want = ref(x, x, x, need_weights=False)[0][..., :20]
+        got = small(x[..., :20], x[..., :20], x[..., :20], need_weights=False)[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert keep_width(m, 32).embed_dim == 32 and m.embed_dim == 32  # untouched
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match="width must be in"):
+            keep_width(m, bad)
+    with pytest.raises(ValueError, match="separate query"):
+        keep_width(nn.MultiheadAttention(32, 4, kdim=16, vdim=16), 8)
 
 
 def test_keep_heads_matches_zeroing_the_other_heads():

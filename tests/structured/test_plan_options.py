@@ -161,3 +161,38 @@ def test_unreachable_amount_names_its_groups(resnet):
     with pytest.raises(ValueError, match=r"groups with amount=0\.95 \(layers\.1\.conv1.*"
                                          "unreachable"):
         plan(model, x, amount=0.5, amounts={"layers.1.conv1": 0.95})
+
+
+class WideMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(20, 512), torch.nn.ReLU(),
+                                       torch.nn.Linear(512, 100), torch.nn.ReLU(),
+                                       torch.nn.Linear(100, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.37, 0.61])
+def test_round_to_auto_rounds_only_wide_groups(amount):
+    """The default rounds a group of >= 256 channels to a multiple of 16 (dense GEMMs are slow
+    at some unaligned widths) and leaves narrow ones unrounded (their cut stays TP's)."""
+    torch.manual_seed(0)
+    model, x = WideMLP().eval(), torch.randn(4, 20)
+    auto = _widths(plan(model, x, amount=amount))
+    fine = _widths(plan(model, x, amount=amount, round_to=1))
+    assert auto["net.0"][0] == 512 and auto["net.0"][1] % 16 == 0
+    assert abs(auto["net.0"][1] - fine["net.0"][1]) <= 8  # to the nearest multiple
+    assert fine["net.2"][1] == round(100 * (1 - amount))
+    # the narrow group is not rounded; it takes up what the wide one's rounding moved
+    total = sum(a for _, a in auto.values())
+    assert abs(total - sum(a for _, a in fine.values())) <= 1
+    assert plan(model, x, amount=amount, round_to="auto").keep.tolist() == plan(
+        model, x, amount=amount).keep.tolist()
+
+
+@pytest.mark.parametrize("bad", [0, -16, "16", 2.5, True, None])
+def test_round_to_must_be_a_positive_int_or_auto(bad):
+    with pytest.raises(ValueError, match="round_to"):
+        plan(WideMLP().eval(), torch.randn(4, 20), amount=0.5, round_to=bad)
