@@ -3,7 +3,9 @@
 For every model, amount (0/30/50/70 % of channels, plan defaults), batch (1, 32) and thread count
 (1, 2), the pruned model is timed against the unpruned one in the same memory layout, runs
 interleaved (A, B, A, B, ...) so drift hits both alike; the report gives the median-based speedup
-beside the MAC reduction. Prints a Markdown table.
+beside the MAC reduction and the roofline bound (``bench/roofline.py``: per layer the larger of
+its compute time at this machine's measured GEMM rate and its memory time at the measured copy
+bandwidth; a memory-bound pruned layer cannot follow its MAC cut). Prints a Markdown table.
 
     PYTHONPATH=. python bench/structured_report.py                  # full table (minutes)
     PYTHONPATH=. python bench/structured_report.py --quick          # smoke run, small inputs
@@ -16,6 +18,7 @@ import statistics
 import time
 
 import torch
+from roofline import machine_peaks, roofline_seconds  # bench/, the script's own directory
 
 from sparseprune.structured import count_macs, fold_batchnorm, plan
 from tests.structured.models import FULL_SIZE, randomize_bn
@@ -67,9 +70,12 @@ def main() -> None:
     print(f"fp32, {size}x{size}, layout {args.layout}, BN {'folded' if args.fuse_bn else 'kept'}, "
           f"median of {args.rounds} interleaved runs, "
           f"torch {torch.__version__}")
+    peaks = {nt: machine_peaks(nt) for nt in threads}
+    print("machine: " + ", ".join(f"{nt} thread(s) fp32 GEMM {f / 1e9:.0f} GFLOP/s, copy "
+                                   f"{b / 1e9:.1f} GB/s" for nt, (f, b) in peaks.items()))
     print("| model | removed | MACs (G) | MAC reduction | batch | threads | dense ms | pruned ms "
-          "| speedup | speedup / MAC reduction |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| speedup | speedup / MAC reduction | roofline speedup | speedup / roofline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, factory in MODELS.items():
         if name not in args.models.split(","):
             continue
@@ -89,9 +95,11 @@ def main() -> None:
                     torch.set_num_threads(nt)
                     td, tp = interleaved(dense, small, x, args.rounds)
                     sp = td / tp
+                    roof = (roofline_seconds(dense, x, *peaks[nt])
+                            / roofline_seconds(small, x, *peaks[nt]))
                     print(f"| {name} | {amount:.0%} | {macs0 / red / 1e9:.3f} | {red:.2f}x | "
                           f"{batch} | {nt} | {td * 1e3:.2f} | {tp * 1e3:.2f} | {sp:.2f}x | "
-                          f"{sp / red:.2f} |", flush=True)
+                          f"{sp / red:.2f} | {roof:.2f}x | {sp / roof:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

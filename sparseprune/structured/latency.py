@@ -100,13 +100,25 @@ def channels_last(model: nn.Module) -> bool:
 
 
 def _cpu_name() -> str:
+    """The CPU as the cache key sees it: model name, family / model / stepping and a hash of
+    the feature flags (a VM may call both Zen 3 and Zen 4 "AMD EPYC")."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "stepping", "flags", "Features",
+                       "CPU part") and key not in fields:
+                fields[key] = value.strip()
+            elif not line.strip() and fields:
+                break  # the first processor is enough
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if not fields:
+        return platform.processor() or platform.machine()
+    flags = fields.pop("flags", fields.pop("Features", ""))
+    digest = hashlib.sha1(flags.encode()).hexdigest()[:8]
+    return "|".join(fields.values()) + f"|flags {digest}"
 
 
 def _cache_path() -> Path:

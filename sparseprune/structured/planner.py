@@ -54,6 +54,8 @@ class PlanConfig:
             at some unaligned widths (a 636 -> 2546 Linear runs as slow as the full 768 ->
             3072 one on Zen 4, 636 -> 2544 at 0.70 of it) while 16 channels cost a wide group
             at most 1/16 of its width, and narrow layers keep the cut Torch-Pruning makes.
+            Under ``amount=`` widths are picked as with 1 and the wide ones then drop to a
+            multiple of 16 (a MAC cut at least round_to=1's).
         min_channels: no group keeps fewer channels than this.
         min_ratio: no group keeps less than this fraction of its width.
         protect_output: never change the model's output shape.

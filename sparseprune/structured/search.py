@@ -28,6 +28,7 @@ class _GroupState:
     scores: np.ndarray  # importance normalised by the group mean
     step: int  # rounding unit, in units
     floor: int  # fewest units kept
+    align: int = 1  # amount= budgets with round_to="auto": widths drop to a multiple of this
     ignored: bool = False  # a producer matches ``ignore``: kept whole (floor = all units)
     amount: float | None = None  # amount= budgets: this group's amount
     note: str = ""  # why the group's width follows other rules than the config's (printed)
@@ -35,7 +36,9 @@ class _GroupState:
 
 
 
-# round_to="auto": groups this wide (channels) round to multiples of AUTO_ROUND channels
+# round_to="auto": groups this wide (channels) round to multiples of AUTO_ROUND channels (an
+# amount= budget picks widths as round_to=1 does, then drops them to such a multiple: a MAC cut
+# at least round_to=1's, the cut Torch-Pruning makes)
 AUTO_ROUND = 16
 AUTO_ROUND_MIN_WIDTH = 256
 
@@ -106,7 +109,9 @@ def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupStat
                              f"{n} units")
         mean = scores.mean()
         norm = scores / mean if mean > 0 else np.zeros(n)
-        step = _step(g, config.round_to)
+        step, align = _step(g, config.round_to), 1
+        if config.round_to == "auto" and config.metric == "channels":
+            step, align = 1, step  # amount=: chosen like round_to=1, then aligned down
         u = g.unit_channels
         floor = max(math.ceil(n * config.min_ratio), math.ceil(config.min_channels / u))
         floor = min(n, -(-floor // step) * step)
@@ -114,7 +119,7 @@ def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupStat
         if ignored:
             floor = n  # kept whole, whatever the budget
         states.append(_GroupState(g, np.argsort(-norm, kind="stable"), norm, step, floor,
-                                  ignored, amount, note))
+                                  align, ignored, amount, note))
     return states
 
 
@@ -173,7 +178,21 @@ def _search_amounts(states, costs: CostModel, cost, config: PlanConfig
                                                                   else "")
             raise ValueError(f"groups with amount={amount:g} ({names}): {err}") from None
         target += t
-    return keep, target
+    return _align_down(states, keep, costs), target
+
+
+def _align_down(states, keep: np.ndarray, costs: CostModel) -> np.ndarray:
+    """Each group with ``align > 1`` that is not kept whole drops to the multiple of ``align``
+    at or below its width (never below its floor): more is removed than the amount asks, at
+    most ``align - 1`` units a group, and every width stays at or under round_to=1's."""
+    counts = []
+    for s in states:
+        n = len(s.group)
+        k = int(keep[costs.offsets[s.group.index] + np.arange(n)].sum())
+        if s.align > 1 and k < n:
+            k = max(s.floor, k // s.align * s.align)
+        counts.append(k)
+    return _keep_from_counts(states, counts, costs)
 
 
 def _search(states, costs: CostModel, cost, target: float, config: PlanConfig) -> np.ndarray:

@@ -241,3 +241,22 @@ def test_cached_table_is_scaled_to_the_machine_now(cache):
     table, fresh = first.latency_table, again.latency_table
     for (a, _, _), (b, _, _) in zip(table.items, fresh.items, strict=True):
         np.testing.assert_allclose(b, 2 * a)
+
+
+def test_cache_key_tells_cpus_with_one_name_apart(monkeypatch):
+    """Zen 3 and Zen 4 VMs both report "AMD EPYC": family, model and flags tell them apart."""
+    from sparseprune.structured import latency
+
+    def cpuinfo(model: str, flags: str) -> str:
+        one = (f"processor\t: 0\ncpu family\t: 25\nmodel\t\t: {model}\nmodel name\t: AMD EPYC\n"
+               f"stepping\t: 1\nflags\t\t: {flags}\n\n")
+        return one + one.replace("processor\t: 0", "processor\t: 1")
+
+    names = []
+    for model, flags in (("1", "fpu avx2 fma"), ("17", "fpu avx2 fma avx512f"),
+                         ("17", "fpu avx2 fma avx512f")):
+        text = cpuinfo(model, flags)
+        monkeypatch.setattr(latency.Path, "read_text", lambda self, text=text: text)
+        names.append(latency._cpu_name())
+    assert names[0] != names[1] and names[1] == names[2]
+    assert names[0].startswith("25|1|AMD EPYC|1|flags ")

@@ -175,21 +175,32 @@ class WideMLP(torch.nn.Module):
 
 
 @pytest.mark.parametrize("amount", [0.3, 0.37, 0.61])
-def test_round_to_auto_rounds_only_wide_groups(amount):
-    """The default rounds a group of >= 256 channels to a multiple of 16 (dense GEMMs are slow
-    at some unaligned widths) and leaves narrow ones unrounded (their cut stays TP's)."""
+def test_round_to_auto_aligns_only_wide_groups(amount):
+    """The default drops a group of >= 256 channels to a multiple of 16 (dense GEMMs are slow
+    at some unaligned widths) and leaves narrow ones alone: under amount= every width is then
+    at or under round_to=1's, so the MAC cut is at least round_to=1's (Torch-Pruning's)."""
     torch.manual_seed(0)
     model, x = WideMLP().eval(), torch.randn(4, 20)
-    auto = _widths(plan(model, x, amount=amount))
-    fine = _widths(plan(model, x, amount=amount, round_to=1))
-    assert auto["net.0"][0] == 512 and auto["net.0"][1] % 16 == 0
-    assert abs(auto["net.0"][1] - fine["net.0"][1]) <= 8  # to the nearest multiple
-    assert fine["net.2"][1] == round(100 * (1 - amount))
-    # the narrow group is not rounded; it takes up what the wide one's rounding moved
-    total = sum(a for _, a in auto.values())
-    assert abs(total - sum(a for _, a in fine.values())) <= 1
-    assert plan(model, x, amount=amount, round_to="auto").keep.tolist() == plan(
-        model, x, amount=amount).keep.tolist()
+    p = plan(model, x, amount=amount)
+    fine_plan = plan(model, x, amount=amount, round_to=1)
+    auto, fine = _widths(p), _widths(fine_plan)
+    assert fine["net.0"][1] % 16 != 0 or amount == 0.3  # the case is not aligned already
+    assert auto["net.0"] == (512, fine["net.0"][1] // 16 * 16)
+    assert auto["net.2"] == fine["net.2"] == (100, round(100 * (1 - amount)))
+    assert p.after["macs"] <= fine_plan.after["macs"]
+    assert plan(model, x, amount=amount, round_to="auto").keep.tolist() == p.keep.tolist()
+
+
+@pytest.mark.parametrize("macs", [0.3, 0.55])
+def test_round_to_auto_under_a_cost_budget_rounds_in_the_search(macs):
+    """Under a MAC budget the wide group's width is a multiple of 16 and the budget holds (the
+    search accounts for the rounding; narrow groups take up what it moved)."""
+    torch.manual_seed(0)
+    model, x = WideMLP().eval(), torch.randn(4, 20)
+    p = plan(model, x, macs=macs)
+    assert _widths(p)["net.0"][1] % 16 == 0
+    assert p.after["macs"] <= macs * p.before["macs"] * (1 + 1e-9)
+    _exact(model, x, p)
 
 
 @pytest.mark.parametrize("bad", [0, -16, "16", 2.5, True, None])
