@@ -183,9 +183,10 @@ class LatencyModel:
                 untimed.append(it)
         heads = [(items, graph.model.get_submodule(name)) for name, items in attention.items()]
         self.channels_last = channels_last(graph.model)
-        todo = [(it, m) for it, m in timed if self._key(it.module, m, graph) not in cache]
+        todo = [(it, m) for it, m in timed
+                if not _valid_table(cache.get(self._key(it.module, m, graph)))]
         todo += [(items, m) for items, m in heads
-                 if self._heads_key(items[0].module, m, graph) not in cache]
+                 if not _valid_table(cache.get(self._heads_key(items[0].module, m, graph)))]
         from tqdm.auto import tqdm
 
         total_layers, timed_macs = 0.0, 0.0
@@ -193,8 +194,9 @@ class LatencyModel:
 
         def table_of(key: str, measure, full) -> np.ndarray:
             if key not in fresh:
-                if key in cache:  # the curve from the cache, its level from now
-                    table = np.array(cache[key])
+                if key in cache and _valid_table(cache[key]):
+                    # the curve from the cache, its level from now
+                    table = np.array(cache[key], dtype=np.float64)
                     fresh[key] = table * (full() / table.flat[-1])
                 else:
                     cache[key] = measure()
@@ -338,6 +340,17 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple:
         return self.attn(x, x, x, need_weights=self.need_weights)
+
+
+def _valid_table(entry) -> bool:
+    """A cached table fit to use: GRID x GRID finite positive seconds (anything else, from an
+    older version or an edited file, is measured again)."""
+    try:
+        table = np.array(entry, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return table.shape == (len(GRID), len(GRID)) and bool(np.isfinite(table).all()
+                                                          and (table > 0).all())
 
 
 def _bilinear(table: np.ndarray, fin: float, fout: float) -> float:

@@ -260,3 +260,23 @@ def test_cache_key_tells_cpus_with_one_name_apart(monkeypatch):
         names.append(latency._cpu_name())
     assert names[0] != names[1] and names[1] == names[2]
     assert names[0].startswith("25|1|AMD EPYC|1|flags ")
+
+
+@pytest.mark.parametrize("bad", [[1.0, 2.0, 3.0], [[0.0] * 3] * 3, "x", None,
+                                 [[float("nan")] * 3] * 3, [[1.0, 2.0], [3.0, 4.0]]])
+def test_bad_cache_entries_are_measured_again(cache, bad):
+    torch.manual_seed(0)
+    model = randomize_bn(ResNet18(width=32))
+    x = torch.randn(1, 3, 32, 32)
+    first = plan(model, x, latency=0.6, calibrate=0, timer=MacClock(), progress=False)
+    (path,) = cache.glob("latency-*.json")
+    entries = json.loads(path.read_text())
+    key = next(iter(entries))
+    entries[key] = bad
+    path.write_text(json.dumps(entries))
+    clock = CountingClock()
+    again = plan(model, x, latency=0.6, calibrate=0, timer=clock, progress=False)
+    assert np.array_equal(again.keep, first.keep)
+    remeasured = np.array(json.loads(path.read_text())[key])
+    assert remeasured.shape == (3, 3) and (remeasured > 0).all()  # measured again, saved
+    assert clock.layers == 2 + len(entries) - 1 + 9  # the bad one timed at all 9 points
