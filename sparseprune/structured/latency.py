@@ -57,40 +57,59 @@ def time_call(fn, repeats: int = 3) -> float:
 class WallClock:
     """How latency is measured (tests substitute a deterministic clock).
 
-    ``layer`` times one module alone (best of ``repeats`` after a warm-up); ``ratio`` times two
-    models interleaved (A, B, A, B, ...) so drift hits both alike, and returns the ratio of
-    medians.
+    ``layer`` times one module alone (best of ``repeats`` after a warm-up). ``ratio`` times two
+    models interleaved (A, B, A, B, ...) so that drift hits both alike, and returns the median of
+    the per-pair ratios; it runs at least ``min_rounds`` pairs and ``min_time`` seconds, then
+    stops once that median is known to ``rel_error`` (its standard error, relative) or after
+    ``max_time`` seconds: on a shared VM single runs of a model scatter by ~10 %, so a ratio
+    within a few % needs tens of pairs.
     """
 
-    def __init__(self, repeats: int = 3, min_time: float = 1.0, min_rounds: int = 5) -> None:
+    def __init__(self, repeats: int = 3, min_time: float = 1.0, min_rounds: int = 5,
+                 rel_error: float = 0.01, max_time: float = 30.0) -> None:
         self.repeats = repeats
         self.min_time = min_time
         self.min_rounds = min_rounds
+        self.rel_error = rel_error
+        self.max_time = max_time
 
     def layer(self, module: nn.Module, inputs: tuple) -> float:
         with torch.no_grad():
             return time_call(lambda: module(*inputs), self.repeats)
 
     def ratio(self, small: nn.Module, big: nn.Module, inputs: tuple) -> float:
-        """``median time(small) / median time(big)`` on ``inputs``, both in eval mode."""
-        ts, tb = self.times(small, big, inputs)
-        return ts / tb
+        """Median over interleaved pairs of ``time(small) / time(big)``, both in eval mode."""
+        ts, tb = self._pairs(small, big, inputs, precise=True)
+        return float(np.median(np.array(ts) / np.array(tb)))
 
     def times(self, small: nn.Module, big: nn.Module, inputs: tuple) -> tuple[float, float]:
         """Median seconds per call of ``small`` and ``big``, timed interleaved, eval mode."""
+        ts, tb = self._pairs(small, big, inputs, precise=False)
+        return float(np.median(ts)), float(np.median(tb))
+
+    def _pairs(self, small: nn.Module, big: nn.Module, inputs: tuple,
+               precise: bool) -> tuple[list[float], list[float]]:
         with eval_mode(small), eval_mode(big), torch.no_grad():
             small(*inputs), big(*inputs)
-            ts, tb = [], []
-            while len(ts) < self.min_rounds or sum(ts) + sum(tb) < self.min_time:
+            ts: list[float] = []
+            tb: list[float] = []
+            while len(ts) < 200:
                 t0 = time.perf_counter()
                 small(*inputs)
                 t1 = time.perf_counter()
                 big(*inputs)
                 tb.append(time.perf_counter() - t1)
                 ts.append(t1 - t0)
-                if len(ts) >= 200:
+                spent = sum(ts) + sum(tb)
+                if len(ts) < self.min_rounds or spent < self.min_time:
+                    continue
+                if not precise or spent >= self.max_time:
                     break
-        return float(np.median(ts)), float(np.median(tb))
+                r = np.array(ts) / np.array(tb)
+                # standard error of a median: sqrt(pi / 2) * sd / sqrt(n)
+                if 1.2533 * r.std(ddof=1) / np.sqrt(r.size) <= self.rel_error * np.median(r):
+                    break
+        return ts, tb
 
 
 def channels_last(model: nn.Module) -> bool:
@@ -197,7 +216,7 @@ class LatencyModel:
                 if key in cache and _valid_table(cache[key]):
                     # the curve from the cache, its level from now
                     table = np.array(cache[key], dtype=np.float64)
-                    fresh[key] = table * (full() / table.flat[-1])
+                    fresh[key] = table * (min(full(), full()) / table.flat[-1])
                 else:
                     cache[key] = measure()
                     fresh[key] = np.array(cache[key])
@@ -244,7 +263,9 @@ class LatencyModel:
                 self.reference = self.reference.to(memory_format=torch.channels_last)
             folded = set(folded_batchnorms(self.reference))
         with eval_mode(self.reference):
-            full = timer.layer(self.reference, graph.example_inputs)
+            # the best of three best-of-``repeats``: the remainder below is a difference of
+            # this and the layers' sum, so its noise lands there whole
+            full = min(timer.layer(self.reference, graph.example_inputs) for _ in range(3))
         # Untimed matmuls run at the timed layers' speed, within what the layers leave over.
         untimed_macs = sum(it.base for it in untimed)
         left = max(0.0, full - total_layers)

@@ -80,11 +80,11 @@ def test_latency_budget_uses_a_cached_table(cache, one_thread):
     clock = CountingClock()
     plan(model, x, latency=0.9, round_to=8, min_channels=8, calibrate=0, progress=False,
          timer=clock)
-    # table reused: the full model, the per-op probe and each distinct layer once at full
-    # width (to scale its cached curve to the machine's state now), not 9 points each
+    # table reused: the full model (best of 3), the per-op probe and each distinct layer at
+    # full width (best of 2, to scale its cached curve to the machine now), not 9 points each
     (path,) = cache.glob("latency-*.json")
     distinct = len(json.loads(path.read_text()))
-    assert distinct < 20 and clock.layers == 2 + distinct
+    assert distinct < 20 and clock.layers == 3 + 1 + 2 * distinct
     small = p.apply()
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
@@ -279,4 +279,25 @@ def test_bad_cache_entries_are_measured_again(cache, bad):
     assert np.array_equal(again.keep, first.keep)
     remeasured = np.array(json.loads(path.read_text())[key])
     assert remeasured.shape == (3, 3) and (remeasured > 0).all()  # measured again, saved
-    assert clock.layers == 2 + len(entries) - 1 + 9  # the bad one timed at all 9 points
+    # the bad one timed at all 9 points, the others twice at full width
+    assert clock.layers == 3 + 1 + 2 * (len(entries) - 1) + 9
+
+
+def test_wall_clock_ratio_stops_when_precise_or_out_of_time():
+    """The real clock: a ratio of two real models, at least min_rounds pairs, at most
+    max_time seconds; a loose error bound stops it at min_rounds."""
+    torch.manual_seed(0)
+    big, small = torch.nn.Linear(64, 64), torch.nn.Linear(64, 16)
+    x = torch.randn(8, 64)
+    calls = []
+    hook = small.register_forward_hook(lambda *a: calls.append(1))
+    loose = WallClock(min_time=0.0, min_rounds=5, rel_error=1e9)
+    assert loose.ratio(small, big, (x,)) > 0
+    assert len(calls) == 1 + 5  # warm-up, then min_rounds pairs
+    calls.clear()
+    strict = WallClock(min_time=0.0, min_rounds=3, rel_error=0.0, max_time=0.05)
+    assert strict.ratio(small, big, (x,)) > 0
+    assert 4 <= len(calls) <= 201  # ran until max_time (or the 200-pair cap)
+    hook.remove()
+    ts, tb = WallClock(min_time=0.0, min_rounds=4).times(small, big, (x,))
+    assert ts > 0 and tb > 0
