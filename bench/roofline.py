@@ -40,23 +40,43 @@ def machine_peaks(threads: int) -> tuple[float, float]:
 
 
 def layer_costs(model: nn.Module, x: torch.Tensor) -> list[tuple[float, float]]:
-    """``(flops, bytes)`` of every conv, linear, activation and norm module of ``model`` on
-    ``x`` (fp32): bytes are the input and output activations plus the weights, read or written
-    once (functional ops such as residual adds are not counted)."""
+    """``(flops, bytes)`` of the modules of ``model`` on ``x`` (fp32): convs, linears and
+    ``nn.MultiheadAttention`` (projections, scores, weighted sum) by their FLOPs and bytes, every
+    other leaf module that writes a new tensor (activations, norms, pooling, ...) by its bytes.
+    Bytes are the input and output activations plus the weights (and attention's score matrix),
+    each read or written once; functional ops such as residual adds are not counted."""
     out: list[tuple[float, float]] = []
+    attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    inside = {id(c) for m in attention for c in m.modules() if c is not m}
 
-    def hook(mod: nn.Module, args: tuple, result: torch.Tensor) -> None:
+    def hook(mod: nn.Module, args: tuple, result) -> None:
+        if isinstance(result, tuple):  # MultiheadAttention: (output, weights)
+            result = result[0]
         if not (args and isinstance(args[0], torch.Tensor) and isinstance(result, torch.Tensor)):
             return
-        moved = 4.0 * (args[0].numel() + result.numel())
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            out.append((2.0 * result.numel() * mod.weight[0].numel(),
-                        moved + 4.0 * mod.weight.numel()))
-        elif isinstance(mod, (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Hardswish,
-                              nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
-            out.append((0.0, moved))
+        inp = args[0]
+        if result.data_ptr() == inp.data_ptr():  # a view or an identity: nothing moved
+            return
+        moved = 4.0 * (inp.numel() + result.numel())
+        params = 4.0 * sum(p.numel() for p in mod.parameters())
+        if isinstance(mod, nn.MultiheadAttention):
+            tokens = inp.numel() // inp.shape[-1]
+            seq = inp.shape[-2] if (inp.dim() == 3 and mod.batch_first) else inp.shape[0]
+            inner = mod.num_heads * mod.head_dim
+            flops = 2.0 * tokens * (3 * inner * inp.shape[-1] + inner * result.shape[-1])
+            flops += 2.0 * 2 * tokens * seq * inner  # scores and weighted sum
+            scores = 4.0 * 2 * tokens * seq * mod.num_heads  # written, then read
+            out.append((flops, moved + params + scores))
+        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            out.append((2.0 * result.numel() * mod.weight[0].numel(), moved + params))
+        elif isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            out.append((2.0 * inp.numel() * mod.weight[0].numel(), moved + params))
+        else:
+            out.append((0.0, moved + params))
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(hook) for m in model.modules()
+             if (isinstance(m, nn.MultiheadAttention) or not list(m.children()))
+             and id(m) not in inside]
     try:
         with torch.no_grad():
             model(x)

@@ -61,8 +61,8 @@ class WallClock:
     models interleaved (A, B, A, B, ...) so that drift hits both alike, and returns the median of
     the per-pair ratios; it runs at least ``min_rounds`` pairs and ``min_time`` seconds, then
     stops once that median is known to ``rel_error`` (its standard error, relative) or after
-    ``max_time`` seconds: on a shared VM single runs of a model scatter by ~10 %, so a ratio
-    within a few % needs tens of pairs.
+    ``max_time`` seconds (and after 200 pairs at most): on a shared VM single runs of a model
+    scatter by ~10 %, so a ratio within a few % needs tens of pairs.
     """
 
     def __init__(self, repeats: int = 3, min_time: float = 1.0, min_rounds: int = 5,
@@ -105,6 +105,8 @@ class WallClock:
                     continue
                 if not precise or spent >= self.max_time:
                     break
+                if len(ts) < 2:
+                    continue  # a spread needs two pairs
                 r = np.array(ts) / np.array(tb)
                 # standard error of a median: sqrt(pi / 2) * sd / sqrt(n)
                 if 1.2533 * r.std(ddof=1) / np.sqrt(r.size) <= self.rel_error * np.median(r):
@@ -186,8 +188,10 @@ class LatencyModel:
         except (OSError, ValueError):
             cache = {}
         self.items = []
-        # (times by GRID of heads x GRID of embedding width, head atoms, embedding atoms)
-        self.head_items: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = []
+        # (times by heads x embedding width, head atoms, embedding atoms, the fractions of
+        # heads and of width timed)
+        self.head_items: list[tuple[np.ndarray, np.ndarray, list[np.ndarray], tuple,
+                                    tuple]] = []
         timed, untimed = [], []
         attention: dict[str, list] = {}  # a timed-by-heads module's MAC items, all of them
         for it in graph.macs_items:
@@ -249,7 +253,10 @@ class LatencyModel:
                 # every item's first dim is the heads; a second one is the embedding width
                 # (the projections of a self-attention whose embed_dim may shrink)
                 embed = [costs.index(it.dims[1]) for it in items if len(it.dims) > 1]
-                self.head_items.append((times, costs.index(items[0].dims[0]), embed))
+                # the fractions actually timed (3 heads of 4 timed at "1/4" is 1 of 4 heads)
+                rows = tuple(max(1, round(m.num_heads * f)) / m.num_heads for f in GRID)
+                cols = tuple(max(1, round(m.embed_dim * f)) / m.embed_dim for f in GRID)
+                self.head_items.append((times, costs.index(items[0].dims[0]), embed, rows, cols))
                 total_layers += times[-1, -1]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
@@ -289,7 +296,7 @@ class LatencyModel:
     @staticmethod
     def _heads_key(name: str, m: nn.Module, graph: DependencyGraph) -> str:
         shape, need_weights = graph.attention_calls[name]
-        return (f"MultiheadAttention|{m.embed_dim}|{m.num_heads}|{m.batch_first}|"
+        return (f"MultiheadAttention|{m.embed_dim}|{m.num_heads}|{m.head_dim}|{m.batch_first}|"
                 f"{m.in_proj_bias is not None}|{shape}|{need_weights}|"
                 f"{next(m.parameters()).dtype}|heads-width")
 
@@ -343,11 +350,11 @@ class LatencyModel:
             fin = keep[dims[1]].mean() if has_in and len(dims) > 1 and dims[1].size else (
                 fout if not has_in else 1.0)
             total += _bilinear(table, fin, fout)
-        for times, atoms, embed in self.head_items:
+        for times, atoms, embed, rows, cols in self.head_items:
             kept = keep[atoms].mean() if atoms.size else 1.0
             widths = [keep[e].mean() for e in embed if e.size]
             width = float(np.mean(widths)) if widths else 1.0
-            total += _bilinear(times, kept, width)
+            total += _bilinear(times, kept, width, rows, cols)
         return (total + CostModel._scaled(self.mac_items, keep)
                 + CostModel._scaled(self.memory_items, keep))
 
@@ -374,16 +381,19 @@ def _valid_table(entry) -> bool:
                                                           and (table > 0).all())
 
 
-def _bilinear(table: np.ndarray, fin: float, fout: float) -> float:
-    g = np.array(GRID)
+def _bilinear(table: np.ndarray, fin: float, fout: float, rows: tuple = GRID,
+              cols: tuple = GRID) -> float:
+    """``table`` (timed at fractions ``rows`` x ``cols``, ascending) interpolated at
+    ``(fin, fout)``, clamped to the grid."""
 
-    def interp(v: float) -> tuple[int, float]:
+    def interp(v: float, g: np.ndarray) -> tuple[int, float]:
         v = float(np.clip(v, g[0], g[-1]))
         i = int(np.clip(np.searchsorted(g, v) - 1, 0, len(g) - 2))
-        return i, (v - g[i]) / (g[i + 1] - g[i])
+        span = g[i + 1] - g[i]
+        return i, (v - g[i]) / span if span > 0 else 0.0
 
-    i, a = interp(fin)
-    j, b = interp(fout)
+    i, a = interp(fin, np.asarray(rows, dtype=np.float64))
+    j, b = interp(fout, np.asarray(cols, dtype=np.float64))
     return float(
         table[i, j] * (1 - a) * (1 - b) + table[i + 1, j] * a * (1 - b)
         + table[i, j + 1] * (1 - a) * b + table[i + 1, j + 1] * a * b

@@ -9,6 +9,7 @@ are added back greedily while the budget still holds; by default wide groups rou
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,10 +51,12 @@ class PlanConfig:
             groups by importance normalised per group).
         round_to: widths become multiples of this (1 disables rounding); "auto" (default):
             groups at least ``AUTO_ROUND_MIN_WIDTH`` (256) channels wide round to multiples of
-            ``AUTO_ROUND`` (16), narrower ones are not rounded -- dense GEMMs fall off a cliff
-            at some unaligned widths (a 636 -> 2546 Linear runs as slow as the full 768 ->
-            3072 one on Zen 4, 636 -> 2544 at 0.70 of it) while 16 channels cost a wide group
-            at most 1/16 of its width, and narrow layers keep the cut Torch-Pruning makes.
+            ``AUTO_ROUND`` (16; a group whose unit, e.g. a head, does not divide 16 is not
+            rounded, nor is a width at its floor), narrower ones are not rounded -- dense GEMMs
+            fall off a cliff at some unaligned widths (a 636 -> 2546 Linear runs as slow as
+            the full 768 -> 3072 one on Zen 4, 636 -> 2544 at 0.70 of it) while 16 channels
+            cost a wide group at most 1/16 of its width, and narrow layers keep the cut
+            Torch-Pruning makes.
             Under ``amount=`` widths are picked as with 1 and the wide ones then drop to a
             multiple of 16 (a MAC cut at least round_to=1's).
         min_channels: no group keeps fewer channels than this.
@@ -137,9 +140,11 @@ class PlanConfig:
             raise ValueError(f"layer_norm must be 'keep' or 'prune'; got {self.layer_norm!r}")
         if self.scope not in ("local", "global"):
             raise ValueError(f"scope must be 'local' or 'global'; got {self.scope!r}")
-        if self.round_to != "auto" and not (
-                isinstance(self.round_to, int) and not isinstance(self.round_to, bool)):
-            raise ValueError(f"round_to must be a positive int or 'auto'; got {self.round_to!r}")
+        if self.round_to != "auto":
+            if not isinstance(self.round_to, numbers.Integral) or isinstance(self.round_to, bool):
+                raise ValueError(f"round_to must be a positive int or 'auto'; got "
+                                 f"{self.round_to!r}")
+            object.__setattr__(self, "round_to", int(self.round_to))  # a frozen dataclass
         if (self.round_to != "auto" and self.round_to < 1) or self.min_channels < 1 or not (
                 0 < self.min_ratio <= 1):
             raise ValueError(

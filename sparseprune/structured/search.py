@@ -114,7 +114,9 @@ def _group_states(graph: DependencyGraph, config: PlanConfig) -> list[_GroupStat
             step, align = 1, step  # amount=: chosen like round_to=1, then aligned down
         u = g.unit_channels
         floor = max(math.ceil(n * config.min_ratio), math.ceil(config.min_channels / u))
-        floor = min(n, -(-floor // step) * step)
+        # An int round_to rounds the floor up to its step; "auto" leaves it (a group at its
+        # floor stays unaligned rather than keep up to 15 more channels than the floor asks).
+        floor = min(n, floor if config.round_to == "auto" else -(-floor // step) * step)
         ignored, amount, note = _group_amount(g, config)
         if ignored:
             floor = n  # kept whole, whatever the budget
@@ -214,7 +216,8 @@ def _search(states, costs: CostModel, cost, target: float, config: PlanConfig) -
         raise ValueError(
             f"{config.metric} budget {target:.4g} ({target / base:.1%} of the unpruned model) is "
             f"unreachable: with the floors (min_ratio={config.min_ratio}, min_channels="
-            f"{config.min_channels}) and the unprunable ops the smallest model costs "
+            f"{config.min_channels}), round_to={config.round_to!r} and the unprunable ops the "
+            "smallest model costs "
             f"{cost(low_keep):.4g} ({cost(low_keep) / base:.1%}); lower the floors or raise the "
             "budget"
         )
@@ -239,7 +242,7 @@ def _rebalance(states, counts: list[int], costs: CostModel, cost, target: float)
             n = len(s.group)
             if k >= n:
                 continue
-            nxt = min(n, k + s.step)
+            nxt = min(n, (k // s.step + 1) * s.step)  # the next multiple (k may be a floor)
             gain = float(s.scores[s.order[k:nxt]].mean())
             if gain <= 0:  # zero-importance units (dead, or removed in an earlier round)
                 continue

@@ -5,6 +5,7 @@ planning and calibration logic, not this machine's speed (bench/ measures that).
 """
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -297,7 +298,14 @@ def test_wall_clock_ratio_stops_when_precise_or_out_of_time():
     calls.clear()
     strict = WallClock(min_time=0.0, min_rounds=3, rel_error=0.0, max_time=0.05)
     assert strict.ratio(small, big, (x,)) > 0
-    assert 4 <= len(calls) <= 201  # ran until max_time (or the 200-pair cap)
+    # an error bound of 0 is never met: it went on past min_rounds, to max_time or 200 pairs
+    assert 1 + 3 < len(calls) <= 1 + 200
+    calls.clear()
+    one = WallClock(min_time=0.0, min_rounds=1, rel_error=1e9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no spread of a single pair (ddof=1) is taken
+        assert one.ratio(small, big, (x,)) > 0
+    assert len(calls) == 1 + 2
     hook.remove()
     ts, tb = WallClock(min_time=0.0, min_rounds=4).times(small, big, (x,))
     assert ts > 0 and tb > 0

@@ -58,13 +58,14 @@ def test_attention_is_timed_by_head_count(cache):
     assert table.latency(keep) == pytest.approx(full - 3e-3)
     # the embedding width (the residual stream): read off the table's second axis
     embed = table.head_items[0][2]
+    assert table.head_items[0][3:] == ((0.25, 0.5, 1.0), (0.25, 0.5, 1.0))
     assert embed
     keep = costs.full()
     width = np.unique(np.concatenate(embed))
     assert width.size == 64
     keep[width[:32]] = False  # half the width: both attention modules' per-head part halves
-    attn_full = sum(_bilinear(t, 1.0, 1.0) for t, _, _ in table.head_items)
-    attn_half = sum(_bilinear(t, 1.0, 0.5) for t, _, _ in table.head_items)
+    attn_full = sum(_bilinear(it[0], 1.0, 1.0) for it in table.head_items)
+    attn_half = sum(_bilinear(it[0], 1.0, 0.5) for it in table.head_items)
     assert attn_half == pytest.approx(attn_full - 2 * 2e-3)
     assert table.latency(keep) < full - (attn_full - attn_half) * 0.999
 
@@ -109,3 +110,21 @@ def test_keep_heads_matches_zeroing_the_other_heads():
     for bad in (0, 5):
         with pytest.raises(ValueError, match="heads must be in"):
             keep_heads(m, bad)
+
+
+def test_few_heads_interpolate_at_the_fractions_timed(cache):
+    """3 heads: the grid's 1/4, 1/2 and 1 time 1, 2 and 3 heads (1/3, 2/3, 1); dropping one
+    head must cost exactly the 1-head step, not an interpolation between mislabelled rows."""
+    torch.manual_seed(0)
+    model = ViT(dim=48, depth=1, heads=3, mlp=96, split="mha").eval()
+    graph = trace(model, torch.randn(1, 3, 32, 32))
+    costs = CostModel(graph)
+    table = LatencyModel(graph, costs, HeadClock())
+    (item,) = table.head_items
+    assert item[3] == (1 / 3, 2 / 3, 1.0) and item[4] == (12 / 48, 24 / 48, 1.0)
+    keep = costs.full()
+    full = table.latency(keep)
+    heads = np.unique(item[1])
+    assert heads.size == 3  # one unit per head
+    keep[heads[:1]] = False  # 2 of 3 heads: the middle row exactly
+    assert table.latency(keep) == pytest.approx(full - 1e-3 * 48 / 64)

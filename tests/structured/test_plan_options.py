@@ -207,3 +207,27 @@ def test_round_to_auto_under_a_cost_budget_rounds_in_the_search(macs):
 def test_round_to_must_be_a_positive_int_or_auto(bad):
     with pytest.raises(ValueError, match="round_to"):
         plan(WideMLP().eval(), torch.randn(4, 20), amount=0.5, round_to=bad)
+
+
+@pytest.mark.parametrize("budget", [{"macs": 0.15}, {"amount": 0.86}])
+def test_round_to_auto_keeps_the_floor_of_round_to_1(budget):
+    """"auto" does not raise a floor to a multiple of 16: a budget round_to=1 reaches stays
+    reachable, and a group at its floor keeps exactly the floor (38 of 300 at min_ratio 1/8)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 300), torch.nn.ReLU(),
+                                torch.nn.Linear(300, 10)).eval()
+    x = torch.randn(4, 20)
+    fine = plan(model, x, round_to=1, **budget)
+    auto = plan(model, x, **budget)
+    width = _widths(auto)["0"][1]
+    assert width % 16 == 0 or width == 38
+    assert width >= 38 and _widths(fine)["0"][1] >= 38
+    if "macs" in budget:
+        assert auto.after["macs"] <= 0.15 * auto.before["macs"] * (1 + 1e-9)
+
+
+def test_round_to_accepts_numpy_ints_and_names_itself_when_unreachable():
+    model, x = WideMLP().eval(), torch.randn(4, 20)
+    assert plan(model, x, amount=0.5, round_to=np.int64(16)).config.round_to == 16
+    with pytest.raises(ValueError, match="round_to='auto'"):
+        plan(model, x, macs=0.001)

@@ -119,3 +119,32 @@ def test_load_rejects_bad_pruned_norm_records(tmp_path, bad, match):
     torch.save(data, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=match):
         load_pruned(_Net, tmp_path / "bad.pt")
+
+
+def test_output_is_laid_out_like_the_input_and_views_work():
+    """The kept channels are copied out: a later ``.view`` over the channel dim works (a
+    strided slice of the padded tensor would fail) and the layout follows the input's."""
+    from sparseprune.structured import plan
+
+    class Flattens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.norm, self.head = nn.Linear(8, 64), nn.LayerNorm(64), nn.Linear(320, 10)
+
+        def forward(self, x):
+            x = self.norm(self.fc1(x))
+            return self.head(x.view(x.size(0), -1))
+
+    torch.manual_seed(0)
+    model, x = Flattens().eval(), torch.randn(2, 5, 8)
+    p = plan(model, x, amount=0.5)
+    small = p.apply()
+    assert small.norm.normalized_shape[0] < 64
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
+    y = counted_layer_norm(torch.randn(2, 3, 10), 16, None, None, 1e-5)
+    assert y.is_contiguous() and y.view(-1).numel() == 60
+    x4 = torch.randn(2, 6, 5, 5)
+    assert counted_layer_norm(x4, 8, None, None, 1e-6, 1).is_contiguous()
+    nhwc = counted_layer_norm(x4.to(memory_format=torch.channels_last), 8, None, None, 1e-6, 1)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
