@@ -11,10 +11,10 @@ charged the timed layers' seconds per MAC, scaled by their kept MACs. The rest o
 full model (norms, activations, adds, pooling) is charged as memory traffic: a fixed per-op cost
 plus a share proportional to the elements each op writes, scaled by the kept fraction of that
 tensor's channels. Tables are cached in ``$SPARSEPRUNE_CACHE`` (default
-``~/.cache/sparseprune``) by CPU, torch version, thread count, layer shape and memory layout; a
-table read from the cache is scaled by its full-width point timed again now (once per distinct
-layer), so that it and the whole-model time measured now (which sets the remainder above) come
-from the same machine state.
+``~/.cache/sparseprune``) by CPU, torch version, thread count, layer shape and memory layout; each
+plan then levels every table by that layer's own time inside the whole model (forward hooks,
+best of three runs of the unpruned model), so that the curve comes from the table and the level
+from the model as it runs now, and the remainder above is measured in the same runs.
 
 The table only predicts; ``plan`` then measures the pruned model against the unpruned one
 (``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio is within the
@@ -76,6 +76,41 @@ class WallClock:
     def layer(self, module: nn.Module, inputs: tuple) -> float:
         with torch.no_grad():
             return time_call(lambda: module(*inputs), self.repeats)
+
+    def split(self, model: nn.Module, inputs: tuple, names: list[str]
+              ) -> tuple[float, dict[str, float]]:
+        """Seconds per call of ``model`` and of each named submodule inside it (all its calls
+        in one forward, by forward hooks), the best of ``repeats`` runs after a warm-up."""
+        spent: dict[str, float] = {}
+        start: dict[str, list[float]] = {}
+
+        def pre(module, args, name):
+            start.setdefault(name, []).append(time.perf_counter())
+
+        def post(module, args, out, name):
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start[name].pop()
+
+        hooks = []
+        for name in names:
+            m = model.get_submodule(name)
+            hooks.append(m.register_forward_pre_hook(lambda mod, a, n=name: pre(mod, a, n)))
+            hooks.append(m.register_forward_hook(lambda mod, a, o, n=name: post(mod, a, o, n)))
+        best: dict[str, float] = {}
+        total = float("inf")
+        try:
+            with torch.no_grad():
+                model(*inputs)
+                for _ in range(self.repeats):
+                    spent.clear()
+                    t0 = time.perf_counter()
+                    model(*inputs)
+                    total = min(total, time.perf_counter() - t0)
+                    for name, t in spent.items():
+                        best[name] = min(best.get(name, float("inf")), t)
+        finally:
+            for h in hooks:
+                h.remove()
+        return total, best
 
     def ratio(self, small: nn.Module, big: nn.Module, inputs: tuple) -> float:
         """Median over interleaved pairs of ``time(small) / time(big)``, both in eval mode."""
@@ -212,44 +247,34 @@ class LatencyModel:
                  if not _valid_table(cache.get(self._heads_key(items[0].module, m, graph)))]
         from tqdm.auto import tqdm
 
-        total_layers, timed_macs = 0.0, 0.0
-        fresh: dict[str, np.ndarray] = {}  # this plan's tables, by key
+        timed_macs = 0.0
+        item_names: list[str] = []  # the module of each self.items entry
+        head_names: list[str] = []  # the module of each self.head_items entry
 
-        def table_of(key: str, measure, full) -> np.ndarray:
-            if key not in fresh:
-                if key in cache and _valid_table(cache[key]):
-                    # the curve from the cache, its level from now
-                    table = np.array(cache[key], dtype=np.float64)
-                    fresh[key] = table * (min(full(), full()) / table.flat[-1])
-                else:
-                    cache[key] = measure()
-                    fresh[key] = np.array(cache[key])
-                    bar.update()
-            return fresh[key]
+        def table_of(key: str, measure) -> np.ndarray:
+            if not _valid_table(cache.get(key)):
+                cache[key] = measure()
+                bar.update()
+            return np.array(cache[key], dtype=np.float64)
 
         with tqdm(total=len(todo), desc="latency table", unit="layer", leave=False,
                   disable=not (progress and todo)) as bar:
             for it, m in timed:
                 key = self._key(it.module, m, graph)
                 shape = graph.layer_inputs[it.module]
-                table = table_of(
-                    key, lambda m=m, shape=shape: self._measure(m, shape, timer,
-                                                                self.channels_last),
-                    lambda m=m, shape=shape: self._measure(m, shape, timer, self.channels_last,
-                                                           (1.0,))[0][0])
+                table = table_of(key, lambda m=m, shape=shape: self._measure(
+                    m, shape, timer, self.channels_last))
                 dims = [costs.index(d) for d in it.dims]
                 depthwise = not isinstance(m, nn.Linear) and 1 < m.groups == m.in_channels
                 self.items.append((table, dims, not depthwise))
-                total_layers += table[-1, -1]
+                item_names.append(it.module)
                 timed_macs += it.base
             for items, m in heads:
                 name = items[0].module
                 key = self._heads_key(name, m, graph)
                 shape, need_weights = graph.attention_calls[name]
-                times = table_of(
-                    key, lambda m=m, s=shape, w=need_weights: self._measure_heads(m, s, w, timer),
-                    lambda m=m, s=shape, w=need_weights: self._measure_heads(
-                        m, s, w, timer, (1.0,))[0][0])
+                times = table_of(key, lambda m=m, s=shape, w=need_weights: self._measure_heads(
+                    m, s, w, timer))
                 # every item's first dim is the heads; a second one is the embedding width
                 # (the projections of a self-attention whose embed_dim may shrink)
                 embed = [costs.index(it.dims[1]) for it in items if len(it.dims) > 1]
@@ -257,7 +282,7 @@ class LatencyModel:
                 rows = tuple(max(1, round(m.num_heads * f)) / m.num_heads for f in GRID)
                 cols = tuple(max(1, round(m.embed_dim * f)) / m.embed_dim for f in GRID)
                 self.head_items.append((times, costs.index(items[0].dims[0]), embed, rows, cols))
-                total_layers += times[-1, -1]
+                head_names.append(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
         self.reference = graph.model
@@ -269,10 +294,23 @@ class LatencyModel:
             if self.channels_last:
                 self.reference = self.reference.to(memory_format=torch.channels_last)
             folded = set(folded_batchnorms(self.reference))
+        # Each table's level comes from the layer's own time inside the whole model (the
+        # curve from the table): standalone timings miss what the model does to a layer (its
+        # weights and inputs cold in cache), and the remainder below is the whole model minus
+        # the layers -- measured in the same runs, it cannot go negative, and a cached table
+        # from another day takes today's level.
         with eval_mode(self.reference):
-            # the best of three best-of-``repeats``: the remainder below is a difference of
-            # this and the layers' sum, so its noise lands there whole
-            full = min(timer.layer(self.reference, graph.example_inputs) for _ in range(3))
+            full, inside = timer.split(self.reference, graph.example_inputs,
+                                       sorted(set(item_names) | set(head_names)))
+        calls = {n: item_names.count(n) + head_names.count(n) for n in inside}
+        total_layers = 0.0
+        for entries, names in ((self.items, item_names), (self.head_items, head_names)):
+            for i, name in enumerate(names):
+                table = entries[i][0]
+                if inside.get(name, 0) > 0:
+                    table = table * (inside[name] / calls[name] / table[-1, -1])
+                    entries[i] = (table,) + tuple(entries[i][1:])
+                total_layers += table[-1, -1]
         # Untimed matmuls run at the timed layers' speed, within what the layers leave over.
         untimed_macs = sum(it.base for it in untimed)
         left = max(0.0, full - total_layers)
@@ -289,7 +327,10 @@ class LatencyModel:
         self.rest = min(left, per_op * len(memory))
         elements = sum(it.base for it in memory)
         spe = (left - self.rest) / elements if elements else 0.0
-        self.memory_items = [(it.base * spe, [costs.index(d) for d in it.dims]) for it in memory]
+        # A shrunk LayerNorm still normalises its full width (PrunedLayerNorm pads the removed
+        # channels back as zeros, norms.py): its cost does not shrink with the kept channels.
+        self.memory_items = [(it.base * spe, [] if it.module in graph.norms
+                              else [costs.index(d) for d in it.dims]) for it in memory]
         if not elements:
             self.rest = left
 

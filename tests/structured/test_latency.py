@@ -31,6 +31,19 @@ class MacClock(WallClock):
     def layer(self, module, inputs) -> float:
         return count_macs(module, inputs) * 1e-9
 
+    def split(self, model, inputs, names):
+        """The whole model as ``layer`` prices it, and each named module by ``layer`` on the
+        inputs it gets inside the model (deterministic, like ``layer``)."""
+        seen: dict[str, list] = {}
+        hooks = [model.get_submodule(n).register_forward_hook(
+            lambda m, a, o, n=n: seen.setdefault(n, []).append((m, a))) for n in names]
+        with torch.no_grad():
+            model(*inputs)
+        for h in hooks:
+            h.remove()
+        parts = {n: sum(self.layer(m, a) for m, a in calls) for n, calls in seen.items()}
+        return self.layer(model, inputs), parts
+
     def ratio(self, small, big, inputs) -> float:
         big_cost = self.cost(big, inputs)
         extra = self.overhead * big_cost
@@ -81,11 +94,12 @@ def test_latency_budget_uses_a_cached_table(cache, one_thread):
     clock = CountingClock()
     plan(model, x, latency=0.9, round_to=8, min_channels=8, calibrate=0, progress=False,
          timer=clock)
-    # table reused: the full model (best of 3), the per-op probe and each distinct layer at
-    # full width (best of 2, to scale its cached curve to the machine now), not 9 points each
+    # table reused: only the whole model with each layer inside it (to level the cached
+    # curves) and the per-op probe are timed, not 9 points per distinct layer
     (path,) = cache.glob("latency-*.json")
     distinct = len(json.loads(path.read_text()))
-    assert distinct < 20 and clock.layers == 3 + 1 + 2 * distinct
+    timed_calls = len({it.module for it in p.graph.macs_items if it.module in p.graph.layer_inputs})
+    assert 1 < distinct < 20 and clock.layers == 1 + 1 + timed_calls
     small = p.apply()
     torch.testing.assert_close(small(x), p.masked_model()(x), atol=1e-5, rtol=1e-5)
 
@@ -229,9 +243,9 @@ class TwiceAsSlowClock(MacClock):
 
 
 def test_cached_table_is_scaled_to_the_machine_now(cache):
-    """A table from the cache keeps its shape but takes its level from a timing made now: on a
-    machine twice as slow every prediction doubles (the remainder measured now stays
-    consistent with it)."""
+    """A table from the cache keeps its shape but takes its level from the layer's time inside
+    the model now: on a machine twice as slow every prediction doubles (the remainder measured
+    in the same runs stays consistent with it)."""
     torch.manual_seed(0)
     model = randomize_bn(ResNet18(width=32))
     x = torch.randn(1, 3, 32, 32)
@@ -280,8 +294,10 @@ def test_bad_cache_entries_are_measured_again(cache, bad):
     assert np.array_equal(again.keep, first.keep)
     remeasured = np.array(json.loads(path.read_text())[key])
     assert remeasured.shape == (3, 3) and (remeasured > 0).all()  # measured again, saved
-    # the bad one timed at all 9 points, the others twice at full width
-    assert clock.layers == 3 + 1 + 2 * (len(entries) - 1) + 9
+    # the bad one timed at all 9 points again, the others not (the model split aside)
+    timed_calls = len({it.module for it in first.graph.macs_items
+                       if it.module in first.graph.layer_inputs})
+    assert clock.layers == 1 + 1 + timed_calls + 9
 
 
 def test_wall_clock_ratio_stops_when_precise_or_out_of_time():
