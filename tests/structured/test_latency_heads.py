@@ -130,20 +130,3 @@ def test_few_heads_interpolate_at_the_fractions_timed(cache):
     keep[heads[:1]] = False  # 2 of 3 heads: the middle row exactly
     assert table.latency(keep) == pytest.approx(full - 1e-3 * 48 / 64)
 
-
-def test_shrunk_layer_norms_are_charged_at_their_full_width(cache):
-    """A PrunedLayerNorm normalises its full width (the removed channels padded back as
-    zeros): its memory cost must not shrink with the kept channels, other ops' must."""
-    torch.manual_seed(0)
-    model = ViT(dim=64, depth=2, heads=4, mlp=128, split="mha").eval()
-    graph = trace(model, torch.randn(1, 3, 32, 32))
-    assert graph.norms
-    table = LatencyModel(graph, CostModel(graph), HeadClock())
-    timed = {it.module for it in graph.macs_items if it.module in graph.layer_inputs}
-    memory = [it for it in graph.memory_items if it.module not in timed]
-    assert len(memory) == len(table.memory_items)
-    for it, (_, dims) in zip(memory, table.memory_items, strict=True):
-        if it.module in graph.norms:
-            assert dims == []
-    assert any(dims for it, (_, dims) in zip(memory, table.memory_items, strict=True)
-               if it.module not in graph.norms)
