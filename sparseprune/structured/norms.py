@@ -52,8 +52,8 @@ def counted_layer_norm(x: Tensor, full_width: int, weight: Optional[Tensor],  # 
     # The masked model's computation itself: the removed channels put back as zeros, one fused
     # F.layer_norm over all of them, the kept ones copied out into a tensor laid out like ``x``
     # (a slice would keep the padded tensor alive and break a later ``.view``). On a CPU this
-    # is ~1.3x a plain LayerNorm of the kept width, where var_mean and five elementwise ops
-    # took ~9x (ViT-B widths, batch 1: 0.9 ms against 0.1 ms per norm).
+    # takes 0.13 ms on a ViT-B norm (batch 1, 640 of 768 channels), where var_mean and five
+    # elementwise ops took 0.9 ms and a plain LayerNorm of the kept width takes 0.06-0.10 ms.
     last = dim % x.dim() == x.dim() - 1
     xt = x if last else x.movedim(dim, -1)
     pad = [0, full_width - k]
