@@ -1,24 +1,26 @@
 """Latency budget: a per-layer latency table by width, measured once on this CPU and cached.
 
 Every conv / linear layer is timed alone at input and output widths {1/4, 1/2, 1} of its own (9
-points, tiny timing loops: one warm-up, best of three) and interpolated bilinearly in between. A
-self-attention ``nn.MultiheadAttention`` is timed whole (projections, scores, softmax, weighted
-sum, out_proj) at {1/4, 1/2, 1} of its heads by {1/4, 1/2, 1} of its embedding width, as the
-surgery leaves it, and interpolated bilinearly: its time is not proportional to its MACs
-(softmax and the per-head matmuls are small and memory-bound, the projections are GEMMs). Other
-ops with MACs that are not timed alone (attention matmuls written out functionally, einsum) are
-charged the timed layers' seconds per MAC, scaled by their kept MACs. The rest of the measured
-full model (norms, activations, adds, pooling) is charged as memory traffic: a fixed per-op cost
-plus a share proportional to the elements each op writes, scaled by the kept fraction of that
-tensor's channels. Tables are cached in ``$SPARSEPRUNE_CACHE`` (default
-``~/.cache/sparseprune``) by CPU, torch version, thread count, layer shape and memory layout; each
-plan then levels every table by that layer's own time inside the whole model (forward hooks,
-best of three runs of the unpruned model), so that the curve comes from the table and the level
-from the model as it runs now, and the remainder above is measured in the same runs.
+points, tiny timing loops: one warm-up, best of three, each point against the full width) and
+interpolated bilinearly in between. A self-attention ``nn.MultiheadAttention`` is timed whole
+(projections, scores, softmax, weighted sum, out_proj) at {1/4, 1/2, 1} of its heads by {1/4,
+1/2, 1} of its embedding width, as the surgery leaves it, and interpolated bilinearly: its time
+is not proportional to its MACs (softmax and the per-head matmuls are small and memory-bound,
+the projections are GEMMs). Other ops with MACs that are not timed alone (attention matmuls
+written out functionally, einsum) are charged the timed layers' seconds per MAC, scaled by their
+kept MACs. The rest of the measured full model (norms, activations, adds, pooling) is charged as
+memory traffic: a fixed per-op cost plus a share proportional to the elements each op writes,
+scaled by the kept fraction of that tensor's channels. Tables are cached in
+``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``) by CPU, torch version, thread count,
+layer shape and memory layout; each plan then levels every table by that layer's own time inside
+the whole model (forward hooks, best of three runs of the unpruned model), so that the curve
+comes from the table and the level from the model as it runs now, and the remainder above is
+measured in the same runs.
 
-The table only predicts; ``plan`` then measures the pruned model against the unpruned one
-(``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio is within the
-tolerance of the budget.
+Each grid point is timed as a ratio to the full-width module, interleaved (``_curve``), so that
+the curve does not drift with the machine while it is measured. The table only predicts;
+``plan`` then measures the pruned model against the unpruned one (``WallClock.ratio``,
+interleaved runs) and re-plans until the measured ratio is within the tolerance of the budget.
 """
 
 from __future__ import annotations
@@ -338,7 +340,7 @@ class LatencyModel:
         shape, need_weights = graph.attention_calls[name]
         return (f"MultiheadAttention|{m.embed_dim}|{m.num_heads}|{m.head_dim}|{m.batch_first}|"
                 f"{m.in_proj_bias is not None}|{shape}|{need_weights}|"
-                f"{next(m.parameters()).dtype}|heads-width")
+                f"{next(m.parameters()).dtype}|heads-width|{TABLE_VERSION}")
 
     @staticmethod
     def _measure_heads(m: nn.MultiheadAttention, shape: tuple, need_weights: bool,
@@ -347,41 +349,36 @@ class LatencyModel:
         width stays whole for a module whose in-projection is not packed."""
         from .mha import keep_heads, keep_width
 
-        table = []
-        for fh in grid:
-            row = []
-            for fw in grid:
-                attn = keep_heads(m, max(1, round(m.num_heads * fh)))
-                width = max(1, round(m.embed_dim * fw)) if m._qkv_same_embed_dim else m.embed_dim
-                layer = _SelfAttention(keep_width(attn, width) if width < m.embed_dim else attn,
-                                       need_weights)
-                x = torch.randn(*shape[:-1], width)
-                row.append(timer.layer(layer.eval(), (x,)))
-            table.append(row)
-        return table
+        def point(fh: float, fw: float) -> tuple[nn.Module, tuple]:
+            attn = keep_heads(m, max(1, round(m.num_heads * fh)))
+            width = max(1, round(m.embed_dim * fw)) if m._qkv_same_embed_dim else m.embed_dim
+            layer = _SelfAttention(keep_width(attn, width) if width < m.embed_dim else attn,
+                                   need_weights)
+            return layer.eval(), (torch.randn(*shape[:-1], width),)
+
+        return _curve(point, grid, timer)
 
     def _key(self, name: str, m: nn.Module, graph: DependencyGraph) -> str:
         shape = graph.layer_inputs[name]
         layout = "|channels_last" if self.channels_last and len(shape) == 4 else ""
-        return f"{type(m).__name__}|{m}|{shape}|{next(m.parameters()).dtype}{layout}"
+        return (f"{type(m).__name__}|{m}|{shape}|{next(m.parameters()).dtype}{layout}|"
+                f"{TABLE_VERSION}")
 
     @staticmethod
     def _measure(m: nn.Module, shape: tuple, timer: WallClock, nhwc: bool,
                  grid: tuple = GRID) -> list[list[float]]:
         """Seconds by input (rows) and output width (columns), fractions ``grid``."""
-        table = []
-        for fin in grid:
-            row = []
-            for fout in grid:
-                layer, cin = _scaled_layer(m, fin, fout)
-                x = torch.randn(*shape[:-1], cin) if isinstance(m, nn.Linear) else \
-                    torch.randn(shape[0], cin, *shape[2:])
-                if nhwc and x.dim() == 4:
-                    layer = layer.to(memory_format=torch.channels_last)
-                    x = x.to(memory_format=torch.channels_last)
-                row.append(timer.layer(layer, (x,)))
-            table.append(row)
-        return table
+
+        def point(fin: float, fout: float) -> tuple[nn.Module, tuple]:
+            layer, cin = _scaled_layer(m, fin, fout)
+            x = torch.randn(*shape[:-1], cin) if isinstance(m, nn.Linear) else \
+                torch.randn(shape[0], cin, *shape[2:])
+            if nhwc and x.dim() == 4:
+                layer = layer.to(memory_format=torch.channels_last)
+                x = x.to(memory_format=torch.channels_last)
+            return layer, (x,)
+
+        return _curve(point, grid, timer)
 
     def latency(self, keep: np.ndarray) -> float:
         total = self.rest
@@ -408,6 +405,38 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple:
         return self.attn(x, x, x, need_weights=self.need_weights)
+
+
+PAIRS = 2  # grid points timed interleaved with the full-width module, this many times each
+TABLE_VERSION = "ratio-curves"  # in every cache key: tables timed point by point are not reused
+
+
+def _curve(point, grid: tuple, timer: WallClock) -> list[list[float]]:
+    """``point(f_row, f_col) -> (module, inputs)`` timed on ``grid`` x ``grid``: each point as
+    its median ratio to the full-width module over ``PAIRS`` interleaved timings, times the
+    full module's median. A curve timed point by point drifts with the machine (±9 % over
+    seconds on a shared VM: three fresh ViT-B tables predicted 0.48-0.57 for one plan); as
+    ratios, 0.50-0.52."""
+    full, full_inputs = point(grid[-1], grid[-1])
+    tops = [timer.layer(full, full_inputs)]
+    table = []
+    for fr in grid:
+        row = []
+        for fc in grid:
+            if fr == grid[-1] and fc == grid[-1]:
+                row.append(None)
+                continue
+            module, inputs = point(fr, fc)
+            ratios = []
+            for _ in range(PAIRS):
+                t = timer.layer(module, inputs)
+                top = timer.layer(full, full_inputs)
+                tops.append(top)
+                ratios.append(t / top)
+            row.append(float(np.median(ratios)))
+        table.append(row)
+    level = float(np.median(tops))
+    return [[level if r is None else r * level for r in row] for row in table]
 
 
 def _valid_table(entry) -> bool:

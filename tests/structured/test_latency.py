@@ -294,10 +294,13 @@ def test_bad_cache_entries_are_measured_again(cache, bad):
     assert np.array_equal(again.keep, first.keep)
     remeasured = np.array(json.loads(path.read_text())[key])
     assert remeasured.shape == (3, 3) and (remeasured > 0).all()  # measured again, saved
-    # the bad one timed at all 9 points again, the others not (the model split aside)
+    # the bad one timed again (its full width once, then each of the 8 other points against it
+    # PAIRS times), the others not (the model split aside)
+    from sparseprune.structured.latency import PAIRS
+
     timed_calls = len({it.module for it in first.graph.macs_items
                        if it.module in first.graph.layer_inputs})
-    assert clock.layers == 1 + 1 + timed_calls + 9
+    assert clock.layers == 1 + 1 + timed_calls + 1 + 8 * 2 * PAIRS
 
 
 def test_wall_clock_ratio_stops_when_precise_or_out_of_time():
@@ -325,3 +328,26 @@ def test_wall_clock_ratio_stops_when_precise_or_out_of_time():
     hook.remove()
     ts, tb = WallClock(min_time=0.0, min_rounds=4).times(small, big, (x,))
     assert ts > 0 and tb > 0
+
+
+def test_grid_points_are_timed_against_the_full_width_so_drift_cancels():
+    """A clock that runs 5 % slower on every call (a machine drifting while the table is
+    measured): the curve, as ratios to the interleaved full-width timing, stays within one
+    call's drift of the true shape; timed point by point it would be off by ~40 %."""
+    from sparseprune.structured.latency import GRID, LatencyModel
+
+    class Drifting(MacClock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def layer(self, module, inputs) -> float:
+            self.calls += 1
+            return super().layer(module, inputs) * (1 + 0.05 * self.calls)
+
+    lin = torch.nn.Linear(64, 128)
+    table = np.array(LatencyModel._measure(lin, (8, 64), Drifting(), False))
+    exact = np.array(LatencyModel._measure(lin, (8, 64), MacClock(), False))
+    assert table.shape == exact.shape == (len(GRID), len(GRID))
+    np.testing.assert_allclose(table / table[-1, -1], exact / exact[-1, -1], rtol=0.06)
+    assert exact[0, 0] < exact[-1, -1]
