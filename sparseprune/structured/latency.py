@@ -344,8 +344,8 @@ class LatencyModel:
 
     @staticmethod
     def _measure_heads(m: nn.MultiheadAttention, shape: tuple, need_weights: bool,
-                       timer: WallClock, grid: tuple = GRID) -> list[list[float]]:
-        """Seconds by heads (rows) and embedding width (columns), fractions ``grid``; the
+                       timer: WallClock) -> list[list[float]]:
+        """Seconds by heads (rows) and embedding width (columns), fractions ``GRID``; the
         width stays whole for a module whose in-projection is not packed."""
         from .mha import keep_heads, keep_width
 
@@ -356,7 +356,7 @@ class LatencyModel:
                                    need_weights)
             return layer.eval(), (torch.randn(*shape[:-1], width),)
 
-        return _curve(point, grid, timer)
+        return _curve(point, GRID, timer)
 
     def _key(self, name: str, m: nn.Module, graph: DependencyGraph) -> str:
         shape = graph.layer_inputs[name]
@@ -365,9 +365,8 @@ class LatencyModel:
                 f"{TABLE_VERSION}")
 
     @staticmethod
-    def _measure(m: nn.Module, shape: tuple, timer: WallClock, nhwc: bool,
-                 grid: tuple = GRID) -> list[list[float]]:
-        """Seconds by input (rows) and output width (columns), fractions ``grid``."""
+    def _measure(m: nn.Module, shape: tuple, timer: WallClock, nhwc: bool) -> list[list[float]]:
+        """Seconds by input (rows) and output width (columns), fractions ``GRID``."""
 
         def point(fin: float, fout: float) -> tuple[nn.Module, tuple]:
             layer, cin = _scaled_layer(m, fin, fout)
@@ -378,7 +377,7 @@ class LatencyModel:
                 x = x.to(memory_format=torch.channels_last)
             return layer, (x,)
 
-        return _curve(point, grid, timer)
+        return _curve(point, GRID, timer)
 
     def latency(self, keep: np.ndarray) -> float:
         total = self.rest

@@ -34,8 +34,6 @@ class _GroupState:
     note: str = ""  # why the group's width follows other rules than the config's (printed)
 
 
-
-
 # round_to="auto": groups this wide (channels) round to multiples of AUTO_ROUND channels (an
 # amount= budget picks widths as round_to=1 does, then drops them to such a multiple: a MAC cut
 # at least round_to=1's, the cut Torch-Pruning makes)
