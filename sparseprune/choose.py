@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ops
+from ._cache import cache_dir
 from ._timing import calls_for, interleaved
 from .formats import BSR, FORMATS
 
@@ -135,11 +136,9 @@ def cost_model(cands: Sequence[Candidate], keep: torch.Tensor,
 
 
 def cache_path() -> str:
-    """The on-disk cache of measured choices: $SPARSEPRUNE_CACHE_DIR, else the user cache dir."""
-    root = os.environ.get("SPARSEPRUNE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "sparseprune")
-    return os.path.join(root, "convert-choices.json")
+    """The on-disk cache of measured choices, in ``sparseprune._cache.cache_dir()``
+    (``$SPARSEPRUNE_CACHE_DIR``, else the user cache dir)."""
+    return os.path.join(cache_dir(), "convert-choices.json")
 
 
 def cpu_model() -> str:

@@ -1,33 +1,32 @@
 """Latency budget: a per-layer latency table by width, measured once on this CPU and cached.
 
 Every conv / linear layer is timed alone at input and output widths {1/4, 1/2, 1} of its own (9
-points, tiny timing loops: one warm-up, best of three, each point against the full width) and
-interpolated bilinearly in between. A self-attention ``nn.MultiheadAttention`` is timed whole
-(projections, scores, softmax, weighted sum, out_proj) at {1/4, 1/2, 1} of its heads by {1/4,
-1/2, 1} of its embedding width, as the surgery leaves it, and interpolated bilinearly: its time
-is not proportional to its MACs (softmax and the per-head matmuls are small and memory-bound,
-the projections are GEMMs). Other ops with MACs that are not timed alone (attention matmuls
-written out functionally, einsum) are charged the timed layers' seconds per MAC, scaled by their
-kept MACs. The rest of the measured full model (norms, activations, adds, pooling) is charged as
-memory traffic: a fixed per-op cost plus a share proportional to the elements each op writes,
-scaled by the kept fraction of that tensor's channels. Tables are cached in
-``$SPARSEPRUNE_CACHE`` (default ``~/.cache/sparseprune``) by CPU, torch version, thread count,
-layer shape and memory layout; each plan then levels every table by that layer's own time inside
-the whole model (forward hooks, best of three runs of the unpruned model), so that the curve
-comes from the table and the level from the model as it runs now, and the remainder above is
-measured in the same runs.
+points, each timed as a ratio to the full-width layer, interleaved) and interpolated bilinearly
+in between. A self-attention ``nn.MultiheadAttention`` is timed whole (projections, scores,
+softmax, weighted sum, out_proj) at {1/4, 1/2, 1} of its heads by {1/4, 1/2, 1} of its embedding
+width, as the surgery leaves it, and interpolated bilinearly: its time is not proportional to
+its MACs (softmax and the per-head matmuls are small and memory-bound, the projections are
+GEMMs). Other ops with MACs that are not timed alone (attention matmuls written out
+functionally, einsum) are charged the timed layers' seconds per MAC, scaled by their kept MACs.
+The rest of the measured full model (norms, activations, adds, pooling) is charged as memory
+traffic: a fixed per-op cost plus a share proportional to the elements each op writes, scaled by
+the kept fraction of that tensor's channels.
 
-Each grid point is timed as a ratio to the full-width module, interleaved (``_curve``), so that
-the curve does not drift with the machine while it is measured. The table only predicts;
-``plan`` then measures the pruned model against the unpruned one (``WallClock.ratio``,
-interleaved runs) and re-plans until the measured ratio is within the tolerance of the budget.
+Tables are cached in ``$SPARSEPRUNE_CACHE_DIR`` (default ``~/.cache/sparseprune``, beside
+convert's choices) by CPU, torch version, thread count, layer shape and memory layout. Each plan
+then levels every table by that layer's own time inside the whole model (forward hooks, best of
+three runs of the unpruned model), so that the curve comes from the table and the level from the
+model as it runs now, and the remainder above is measured in the same runs. Timing grid points
+as ratios to the full-width module (``_curve``) keeps the curve from drifting with the machine
+while it is measured. The table only predicts; ``plan`` then measures the pruned model against
+the unpruned one (``WallClock.ratio``, interleaved runs) and re-plans until the measured ratio is
+within the tolerance of the budget.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._cache import cache_dir
 from .._modules import eval_mode
 from .budget import CostModel
 from .graph import DependencyGraph
@@ -180,7 +180,7 @@ def _cpu_name() -> str:
 
 
 def _cache_path() -> Path:
-    root = Path(os.environ.get("SPARSEPRUNE_CACHE", Path.home() / ".cache" / "sparseprune"))
+    root = Path(cache_dir())
     key = f"{_cpu_name()}|{torch.__version__}|{torch.get_num_threads()}"
     return root / f"latency-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 

@@ -238,7 +238,7 @@ def test_bad_grouped_option_and_mismatched_graph():
 def test_latency_budget_with_whole_groups_and_ignore(tmp_path, monkeypatch):
     """The latency table charges a grouped conv by its kept outputs; calibration (a
     deterministic MAC clock) meets the budget and the ignored group stays whole."""
-    monkeypatch.setenv("SPARSEPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("SPARSEPRUNE_CACHE_DIR", str(tmp_path))
     torch.manual_seed(0)
     model = randomize_bn(RegNetLike()).eval()
     x = torch.randn(1, 3, 16, 16)

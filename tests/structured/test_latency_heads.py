@@ -32,7 +32,7 @@ class HeadClock(MacClock):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPARSEPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv("SPARSEPRUNE_CACHE_DIR", str(tmp_path))
     return tmp_path
 
 
