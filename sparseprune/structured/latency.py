@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,116 +38,11 @@ from .._cache import cache_dir
 from .._modules import eval_mode
 from .budget import CostModel
 from .graph import DependencyGraph
+from .wallclock import WallClock, time_call
 
-__all__ = ["LatencyModel", "WallClock", "time_call"]
+__all__ = ["LatencyModel", "WallClock", "time_call"]  # the clock lives in wallclock.py
 
 GRID = (0.25, 0.5, 1.0)
-
-
-def time_call(fn, repeats: int = 3) -> float:
-    """Best of ``repeats`` wall times of ``fn()`` in seconds, after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-class WallClock:
-    """How latency is measured (tests substitute a deterministic clock).
-
-    ``layer`` times one module alone (best of ``repeats`` after a warm-up). ``ratio`` times two
-    models interleaved (A, B, A, B, ...) so that drift hits both alike, and returns the median of
-    the per-pair ratios; it runs at least ``min_rounds`` pairs and ``min_time`` seconds, then
-    stops once that median is known to ``rel_error`` (its standard error, relative) or after
-    ``max_time`` seconds (and after 200 pairs at most): on a shared VM single runs of a model
-    scatter by ~10 %, so a ratio within a few % needs tens of pairs.
-    """
-
-    def __init__(self, repeats: int = 3, min_time: float = 1.0, min_rounds: int = 5,
-                 rel_error: float = 0.01, max_time: float = 30.0) -> None:
-        self.repeats = repeats
-        self.min_time = min_time
-        self.min_rounds = min_rounds
-        self.rel_error = rel_error
-        self.max_time = max_time
-
-    def layer(self, module: nn.Module, inputs: tuple) -> float:
-        with torch.no_grad():
-            return time_call(lambda: module(*inputs), self.repeats)
-
-    def split(self, model: nn.Module, inputs: tuple, names: list[str]
-              ) -> tuple[float, dict[str, float]]:
-        """Seconds per call of ``model`` and of each named submodule inside it (all its calls
-        in one forward, by forward hooks), the best of ``repeats`` runs after a warm-up."""
-        spent: dict[str, float] = {}
-        start: dict[str, list[float]] = {}
-
-        def pre(module, args, name):
-            start.setdefault(name, []).append(time.perf_counter())
-
-        def post(module, args, out, name):
-            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start[name].pop()
-
-        hooks = []
-        for name in names:
-            m = model.get_submodule(name)
-            hooks.append(m.register_forward_pre_hook(lambda mod, a, n=name: pre(mod, a, n)))
-            hooks.append(m.register_forward_hook(lambda mod, a, o, n=name: post(mod, a, o, n)))
-        best: dict[str, float] = {}
-        total = float("inf")
-        try:
-            with torch.no_grad():
-                model(*inputs)
-                for _ in range(self.repeats):
-                    spent.clear()
-                    t0 = time.perf_counter()
-                    model(*inputs)
-                    total = min(total, time.perf_counter() - t0)
-                    for name, t in spent.items():
-                        best[name] = min(best.get(name, float("inf")), t)
-        finally:
-            for h in hooks:
-                h.remove()
-        return total, best
-
-    def ratio(self, small: nn.Module, big: nn.Module, inputs: tuple) -> float:
-        """Median over interleaved pairs of ``time(small) / time(big)``, both in eval mode."""
-        ts, tb = self._pairs(small, big, inputs, precise=True)
-        return float(np.median(np.array(ts) / np.array(tb)))
-
-    def times(self, small: nn.Module, big: nn.Module, inputs: tuple) -> tuple[float, float]:
-        """Median seconds per call of ``small`` and ``big``, timed interleaved, eval mode."""
-        ts, tb = self._pairs(small, big, inputs, precise=False)
-        return float(np.median(ts)), float(np.median(tb))
-
-    def _pairs(self, small: nn.Module, big: nn.Module, inputs: tuple,
-               precise: bool) -> tuple[list[float], list[float]]:
-        with eval_mode(small), eval_mode(big), torch.no_grad():
-            small(*inputs), big(*inputs)
-            ts: list[float] = []
-            tb: list[float] = []
-            while len(ts) < 200:
-                t0 = time.perf_counter()
-                small(*inputs)
-                t1 = time.perf_counter()
-                big(*inputs)
-                tb.append(time.perf_counter() - t1)
-                ts.append(t1 - t0)
-                spent = sum(ts) + sum(tb)
-                if len(ts) < self.min_rounds or spent < self.min_time:
-                    continue
-                if not precise or spent >= self.max_time:
-                    break
-                if len(ts) < 2:
-                    continue  # a spread needs two pairs
-                r = np.array(ts) / np.array(tb)
-                # standard error of a median: sqrt(pi / 2) * sd / sqrt(n)
-                if 1.2533 * r.std(ddof=1) / np.sqrt(r.size) <= self.rel_error * np.median(r):
-                    break
-        return ts, tb
 
 
 def channels_last(model: nn.Module) -> bool:
