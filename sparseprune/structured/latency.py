@@ -25,9 +25,11 @@ within the tolerance of the budget.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -137,18 +139,20 @@ class LatencyModel:
                 untimed.append(it)
         heads = [(items, graph.model.get_submodule(name)) for name, items in attention.items()]
         self.channels_last = channels_last(graph.model)
+        norms = _shrinkable_layer_norms(graph)
         todo = [(it, m) for it, m in timed
                 if not _valid_table(cache.get(self._key(it.module, m, graph)))]
         todo += [(items, m) for items, m in heads
                  if not _valid_table(cache.get(self._heads_key(items[0].module, m, graph)))]
+        todo += [n for n in norms if not _valid_table(cache.get(n.key), NORM_SHAPE)]
         from tqdm.auto import tqdm
 
         timed_macs = 0.0
         item_names: list[str] = []  # the module of each self.items entry
         head_names: list[str] = []  # the module of each self.head_items entry
 
-        def table_of(key: str, measure) -> np.ndarray:
-            if not _valid_table(cache.get(key)):
+        def table_of(key: str, measure, shape: tuple = (len(GRID), len(GRID))) -> np.ndarray:
+            if not _valid_table(cache.get(key), shape):
                 cache[key] = measure()
                 bar.update()
             return np.array(cache[key], dtype=np.float64)
@@ -179,6 +183,12 @@ class LatencyModel:
                 cols = tuple(max(1, round(m.embed_dim * f)) / m.embed_dim for f in GRID)
                 self.head_items.append((times, costs.index(items[0].dims[0]), embed, rows, cols))
                 head_names.append(name)
+            # (seconds by kept fraction GRID, the norm's atoms)
+            self.norm_items: list[tuple[np.ndarray, np.ndarray]] = []
+            for n in norms:
+                times = table_of(n.key, lambda n=n: _measure_norm(n, timer), NORM_SHAPE)
+                self.norm_items.append((times, costs.index(graph.norms[n.name])))
+        norm_names = [n.name for n in norms]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
         self.reference = graph.model
@@ -197,7 +207,8 @@ class LatencyModel:
         # from another day takes today's level.
         with eval_mode(self.reference):
             full, inside = timer.split(self.reference, graph.example_inputs,
-                                       sorted(set(item_names) | set(head_names)))
+                                       sorted(set(item_names) | set(head_names)
+                                              | set(norm_names)))
         calls = {n: item_names.count(n) + head_names.count(n) for n in inside}
         total_layers = 0.0
         for entries, names in ((self.items, item_names), (self.head_items, head_names)):
@@ -207,9 +218,16 @@ class LatencyModel:
                     table = table * (inside[name] / calls[name] / table[-1, -1])
                     entries[i] = (table,) + tuple(entries[i][1:])
                 total_layers += table[-1, -1]
+        norms_total = 0.0
+        for i, name in enumerate(norm_names):
+            table = self.norm_items[i][0]
+            if inside.get(name, 0) > 0 and table[-1, 0] > 0:
+                table = table * (inside[name] / table[-1, 0])
+                self.norm_items[i] = (table, self.norm_items[i][1])
+            norms_total += table[-1, 0]
         # Untimed matmuls run at the timed layers' speed, within what the layers leave over.
         untimed_macs = sum(it.base for it in untimed)
-        left = max(0.0, full - total_layers)
+        left = max(0.0, full - total_layers - norms_total)
         spm = total_layers / timed_macs if timed_macs else 0.0
         if untimed_macs:
             spm = min(spm or left / untimed_macs, 0.9 * left / untimed_macs)
@@ -217,14 +235,12 @@ class LatencyModel:
         left = max(0.0, left - untimed_macs * spm)
         # What is left (norms, activations, adds, pooling) is mostly memory traffic: a fixed
         # per-op cost plus a share proportional to the elements each op writes.
-        names = {it.module for it, _ in timed}
-        memory = [it for it in graph.memory_items if it.module not in names | folded]
+        names = {it.module for it, _ in timed} | folded | set(norm_names)
+        memory = [it for it in graph.memory_items if it.module not in names]
         per_op = timer.layer(nn.ReLU(), (torch.zeros(1),))
         self.rest = min(left, per_op * len(memory))
         elements = sum(it.base for it in memory)
         spe = (left - self.rest) / elements if elements else 0.0
-        # (A shrunk LayerNorm normalises its full width, norms.py, but charging it unshrunk made
-        # ViT plans more pessimistic still: first guesses 3-13 % under the budget.)
         self.memory_items = [(it.base * spe, [costs.index(d) for d in it.dims]) for it in memory]
         if not elements:
             self.rest = left
@@ -285,6 +301,9 @@ class LatencyModel:
             widths = [keep[e].mean() for e in embed if e.size]
             width = float(np.mean(widths)) if widths else 1.0
             total += _bilinear(times, kept, width, rows, cols)
+        for times, atoms in self.norm_items:
+            kept = keep[atoms].mean() if atoms.size else 1.0
+            total += float(np.interp(kept, GRID, times[:, 0]))
         return (total + CostModel._scaled(self.mac_items, keep)
                 + CostModel._scaled(self.memory_items, keep))
 
@@ -304,19 +323,22 @@ PAIRS = 2  # grid points timed interleaved with the full-width module, this many
 TABLE_VERSION = "ratio-curves"  # in every cache key: tables timed point by point are not reused
 
 
-def _curve(point, grid: tuple, timer: WallClock) -> list[list[float]]:
-    """``point(f_row, f_col) -> (module, inputs)`` timed on ``grid`` x ``grid``: each point as
+def _curve(point, grid: tuple, timer: WallClock, cols: tuple | None = None
+           ) -> list[list[float]]:
+    """``point(f_row, f_col) -> (module, inputs)`` timed on ``grid`` x ``cols`` (default
+    ``grid``; the last of each is the full width): each point as
     its median ratio to the full-width module over ``PAIRS`` interleaved timings, times the
     full module's median. A curve timed point by point drifts with the machine (±9 % over
     seconds on a shared VM: three fresh ViT-B tables predicted 0.48-0.57 for one plan); as
     ratios, 0.50-0.52."""
-    full, full_inputs = point(grid[-1], grid[-1])
+    cols = grid if cols is None else cols
+    full, full_inputs = point(grid[-1], cols[-1])
     tops = [timer.layer(full, full_inputs)]
     table = []
     for fr in grid:
         row = []
-        for fc in grid:
-            if fr == grid[-1] and fc == grid[-1]:
+        for fc in cols:
+            if fr == grid[-1] and fc == cols[-1]:
                 row.append(None)
                 continue
             module, inputs = point(fr, fc)
@@ -325,21 +347,22 @@ def _curve(point, grid: tuple, timer: WallClock) -> list[list[float]]:
                 t = timer.layer(module, inputs)
                 top = timer.layer(full, full_inputs)
                 tops.append(top)
-                ratios.append(t / top)
+                ratios.append(t / top if top > 0 else 1.0)
             row.append(float(np.median(ratios)))
         table.append(row)
     level = float(np.median(tops))
     return [[level if r is None else r * level for r in row] for row in table]
 
 
-def _valid_table(entry) -> bool:
-    """A cached table fit to use: GRID x GRID finite positive seconds (anything else, from an
-    older version or an edited file, is measured again)."""
+def _valid_table(entry, shape: tuple = (len(GRID), len(GRID))) -> bool:
+    """A cached table fit to use: ``shape`` (GRID x GRID for layers and attention,
+    ``NORM_SHAPE`` for norms) finite positive seconds (anything else, from an older version or
+    an edited file, is measured again)."""
     try:
         table = np.array(entry, dtype=np.float64)
     except (TypeError, ValueError):
         return False
-    return table.shape == (len(GRID), len(GRID)) and bool(np.isfinite(table).all()
+    return table.shape == tuple(shape) and bool(np.isfinite(table).all()
                                                           and (table > 0).all())
 
 
@@ -360,3 +383,81 @@ def _bilinear(table: np.ndarray, fin: float, fout: float, rows: tuple = GRID,
         table[i, j] * (1 - a) * (1 - b) + table[i + 1, j] * a * (1 - b)
         + table[i, j + 1] * (1 - a) * b + table[i + 1, j + 1] * a * b
     )
+
+
+NORM_SHAPE = (len(GRID), 1)  # a norm's table: seconds by kept fraction (one column)
+
+
+@dataclass(frozen=True)
+class _NormSite:
+    """A LayerNorm the plan may shrink (into a ``PrunedLayerNorm``, which normalises over the
+    zero-padded full width: it costs more than the unpruned norm, norms.py), with its input."""
+
+    name: str
+    module: nn.Module
+    dim: int  # the normalised dim of its input
+    shape: tuple[int, ...]
+    nhwc: bool  # a 4-d input in channels_last memory format
+
+    @property
+    def key(self) -> str:
+        layout = "|channels_last" if self.nhwc else ""
+        return (f"{type(self.module).__name__}|{self.module}|{self.shape}|dim {self.dim}|"
+                f"{self.module.weight.dtype}{layout}|norm|{TABLE_VERSION}")
+
+
+def _shrinkable_layer_norms(graph: DependencyGraph) -> list[_NormSite]:
+    """The LayerNorms of ``graph.norms`` (RMSNorm shrinks like any layer: not timed), with the
+    input each gets on the example inputs (its first call)."""
+    names = [n for n in graph.norms if isinstance(graph.model.get_submodule(n), nn.LayerNorm)]
+    seen: dict[str, torch.Tensor] = {}
+
+    def first_input(name: str):
+        def hook(mod, args) -> None:  # returns None: the input is left as it is
+            if args:
+                seen.setdefault(name, args[0])
+        return hook
+
+    hooks = [graph.model.get_submodule(n).register_forward_pre_hook(first_input(n))
+             for n in names]
+    try:
+        with eval_mode(graph.model), torch.no_grad():
+            graph.model(*graph.example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    sites = []
+    for n in names:
+        x = seen.get(n)
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+                memory_format=torch.channels_last)
+            sites.append(_NormSite(n, graph.model.get_submodule(n), graph.norm_dims.get(n, -1),
+                                   tuple(x.shape), nhwc))
+    return sites
+
+
+def _measure_norm(site: _NormSite, timer: WallClock) -> list[list[float]]:
+    """Seconds of the norm shrunk to fractions ``GRID`` of its width, as the surgery leaves it
+    (``NORM_SHAPE``)."""
+    from .surgery import _shrink_norm
+
+    width = site.shape[site.dim]
+
+    def point(f: float, _: float) -> tuple[nn.Module, tuple]:
+        k = max(1, round(width * f))
+        mod = copy.deepcopy(site.module).eval()
+        if k < width:
+            for pname in ("weight", "bias"):
+                t = getattr(mod, pname, None)
+                if isinstance(t, nn.Parameter):
+                    setattr(mod, pname, nn.Parameter(t.detach()[:k].clone()))
+            _shrink_norm(mod, np.arange(width) < k, site.dim)
+        shape = list(site.shape)
+        shape[site.dim] = k
+        x = torch.randn(shape, dtype=site.module.weight.dtype)
+        if site.nhwc:
+            x = x.to(memory_format=torch.channels_last)
+        return mod, (x,)
+
+    return _curve(point, GRID, timer, cols=(1.0,))
