@@ -410,6 +410,8 @@ def _shrinkable_layer_norms(graph: DependencyGraph) -> list[_NormSite]:
     """The LayerNorms of ``graph.norms`` (RMSNorm shrinks like any layer: not timed), with the
     input each gets on the example inputs (its first call)."""
     names = [n for n in graph.norms if isinstance(graph.model.get_submodule(n), nn.LayerNorm)]
+    if not names:
+        return []  # no forward to run
     seen: dict[str, torch.Tensor] = {}
 
     def first_input(name: str):
