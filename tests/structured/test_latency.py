@@ -351,3 +351,27 @@ def test_grid_points_are_timed_against_the_full_width_so_drift_cancels():
     assert table.shape == exact.shape == (len(GRID), len(GRID))
     np.testing.assert_allclose(table / table[-1, -1], exact / exact[-1, -1], rtol=0.06)
     assert exact[0, 0] < exact[-1, -1]
+
+
+def test_noisy_grid_points_get_more_pairs_up_to_a_cap():
+    """A quiet clock stops each point at PAIRS pairs; one whose ratios scatter by ±20 % keeps
+    timing until PAIRS_MAX, and the median stays near the true ratio."""
+    from sparseprune.structured.latency import PAIRS, PAIRS_MAX, LatencyModel
+
+    class Noisy(MacClock):
+        def __init__(self, spread: float) -> None:
+            super().__init__()
+            self.calls, self.spread = 0, spread
+
+        def layer(self, module, inputs) -> float:
+            self.calls += 1
+            wobble = (0.0, 1.0, -1.0, 0.5, -0.5)[self.calls % 5] * self.spread
+            return super().layer(module, inputs) * (1 + wobble)
+
+    lin = torch.nn.Linear(64, 128)
+    quiet, noisy = Noisy(0.0), Noisy(0.2)
+    exact = np.array(LatencyModel._measure(lin, (8, 64), quiet, False))
+    table = np.array(LatencyModel._measure(lin, (8, 64), noisy, False))
+    assert quiet.calls == 1 + 8 * 2 * PAIRS
+    assert noisy.calls == 1 + 8 * 2 * PAIRS_MAX
+    np.testing.assert_allclose(table / table[-1, -1], exact / exact[-1, -1], rtol=0.3)
