@@ -8,7 +8,9 @@ width, as the surgery leaves it, and interpolated bilinearly: its time is not pr
 its MACs (softmax and the per-head matmuls are small and memory-bound, the projections are
 GEMMs). Other ops with MACs that are not timed alone (attention matmuls written out
 functionally, einsum) are charged the timed layers' seconds per MAC, scaled by their kept MACs.
-The rest of the measured full model (norms, activations, adds, pooling) is charged as memory
+A LayerNorm whose width may shrink is timed at 1/4, 1/2, all but one and all of its width as
+the surgery leaves it (a PrunedLayerNorm, which pads back to the full width). The rest of the
+measured full model (other norms, activations, adds, pooling) is charged as memory
 traffic: a fixed per-op cost plus a share proportional to the elements each op writes, scaled by
 the kept fraction of that tensor's channels.
 
@@ -184,11 +186,11 @@ class LatencyModel:
                 cols = tuple(max(1, round(m.embed_dim * f)) / m.embed_dim for f in GRID)
                 self.head_items.append((times, costs.index(items[0].dims[0]), embed, rows, cols))
                 head_names.append(name)
-            # (seconds by kept fraction GRID, the norm's atoms)
-            self.norm_items: list[tuple[np.ndarray, np.ndarray]] = []
+            # (seconds at the kept fractions NORM_GRID, the norm's atoms, the fractions timed)
+            self.norm_items: list[tuple[np.ndarray, np.ndarray, tuple]] = []
             for n in norms:
                 times = table_of(n.key, lambda n=n: _measure_norm(n, timer), NORM_SHAPE)
-                self.norm_items.append((times, costs.index(graph.norms[n.name])))
+                self.norm_items.append((times, costs.index(graph.norms[n.name]), n.fractions))
         norm_names = [n.name for n in norms]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(cache))
@@ -224,7 +226,7 @@ class LatencyModel:
             table = self.norm_items[i][0]
             if inside.get(name, 0) > 0 and table[-1, 0] > 0:
                 table = table * (inside[name] / table[-1, 0])
-                self.norm_items[i] = (table, self.norm_items[i][1])
+                self.norm_items[i] = (table, *self.norm_items[i][1:])
             norms_total += table[-1, 0]
         # Untimed matmuls run at the timed layers' speed, within what the layers leave over.
         untimed_macs = sum(it.base for it in untimed)
@@ -234,7 +236,7 @@ class LatencyModel:
             spm = min(spm or left / untimed_macs, 0.9 * left / untimed_macs)
         self.mac_items = [(it.base * spm, [costs.index(d) for d in it.dims]) for it in untimed]
         left = max(0.0, left - untimed_macs * spm)
-        # What is left (norms, activations, adds, pooling) is mostly memory traffic: a fixed
+        # What is left (other norms, activations, adds, pooling) is mostly memory traffic: a fixed
         # per-op cost plus a share proportional to the elements each op writes.
         names = {it.module for it, _ in timed} | folded | set(norm_names)
         memory = [it for it in graph.memory_items if it.module not in names]
@@ -302,9 +304,9 @@ class LatencyModel:
             widths = [keep[e].mean() for e in embed if e.size]
             width = float(np.mean(widths)) if widths else 1.0
             total += _bilinear(times, kept, width, rows, cols)
-        for times, atoms in self.norm_items:
+        for times, atoms, fractions in self.norm_items:
             kept = keep[atoms].mean() if atoms.size else 1.0
-            total += float(np.interp(kept, GRID, times[:, 0]))
+            total += _norm_seconds(times[:, 0], fractions, kept)
         return (total + CostModel._scaled(self.mac_items, keep)
                 + CostModel._scaled(self.memory_items, keep))
 
@@ -405,7 +407,21 @@ def _bilinear(table: np.ndarray, fin: float, fout: float, rows: tuple = GRID,
     )
 
 
-NORM_SHAPE = (len(GRID), 1)  # a norm's table: seconds by kept fraction (one column)
+# A norm's table: seconds at kept fractions NORM_GRID, the third being "all but one channel"
+# (one column). A PrunedLayerNorm pads back to the full width, so it costs about the same at any
+# kept width below full and drops at full width (ViT-B, [1, 197, 768]: 1.67x the unpruned norm
+# at 192 channels, 2.07x at 691, 2.14x at 767, 1.01x at 768): a line from 1/2 to the full width
+# would charge a norm missing a few channels as if it were whole.
+NORM_GRID = (0.25, 0.5, None, 1.0)
+NORM_SHAPE = (len(NORM_GRID), 1)
+
+
+def _norm_seconds(times: np.ndarray, fractions: tuple, kept: float) -> float:
+    """A norm's seconds at ``kept``: its full-width time when nothing is removed, else
+    interpolated over the shrunk points only (``fractions``: those timed, ascending)."""
+    if kept >= 1.0:
+        return float(times[-1])
+    return float(np.interp(kept, fractions[:-1], times[:-1]))
 
 
 @dataclass(frozen=True)
@@ -417,13 +433,28 @@ class _NormSite:
     module: nn.Module
     dim: int  # the normalised dim of its input
     shape: tuple[int, ...]
+    dtype: torch.dtype  # of its input (may differ from the weight's in mixed precision)
     nhwc: bool  # a 4-d input in channels_last memory format
 
     @property
+    def widths(self) -> tuple[int, ...]:
+        """The kept widths timed, one per NORM_GRID entry."""
+        w = self.shape[self.dim]
+        return tuple(max(1, w - 1) if f is None else max(1, round(w * f)) for f in NORM_GRID)
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        w = self.shape[self.dim]
+        return tuple(k / w for k in self.widths)
+
+    @property
     def key(self) -> str:
+        m = self.module
         layout = "|channels_last" if self.nhwc else ""
-        return (f"{type(self.module).__name__}|{self.module}|{self.shape}|dim {self.dim}|"
-                f"{self.module.weight.dtype}{layout}|norm|{TABLE_VERSION}")
+        affine = f"weight {tuple(m.weight.shape)} bias {m.bias is not None}"
+        return (f"{type(m).__module__}.{type(m).__qualname__}|{m}|{affine}|{self.shape}|"
+                f"dim {self.dim}|{self.dtype}|weights {m.weight.dtype}{layout}|norm|"
+                f"{TABLE_VERSION}")
 
 
 def _shrinkable_layer_norms(graph: DependencyGraph) -> list[_NormSite]:
@@ -455,20 +486,22 @@ def _shrinkable_layer_norms(graph: DependencyGraph) -> list[_NormSite]:
             nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
                 memory_format=torch.channels_last)
             sites.append(_NormSite(n, graph.model.get_submodule(n), graph.norm_dims.get(n, -1),
-                                   tuple(x.shape), nhwc))
+                                   tuple(x.shape), x.dtype, nhwc))
     return sites
 
 
 def _measure_norm(site: _NormSite, timer: WallClock) -> list[list[float]]:
-    """Seconds of the norm shrunk to fractions ``GRID`` of its width, as the surgery leaves it
-    (``NORM_SHAPE``)."""
+    """Seconds of the norm at the kept widths ``site.widths``, shrunk as the surgery leaves it
+    (``NORM_SHAPE``), without the user's hooks."""
     from .surgery import _shrink_norm
 
     width = site.shape[site.dim]
 
-    def point(f: float, _: float) -> tuple[nn.Module, tuple]:
-        k = max(1, round(width * f))
+    def point(k: int, _: float) -> tuple[nn.Module, tuple]:
         mod = copy.deepcopy(site.module).eval()
+        for name, hooks in vars(mod).items():  # a copy shares the user's hook functions
+            if "hooks" in name and isinstance(hooks, dict):
+                hooks.clear()
         if k < width:
             for pname in ("weight", "bias"):
                 t = getattr(mod, pname, None)
@@ -477,9 +510,9 @@ def _measure_norm(site: _NormSite, timer: WallClock) -> list[list[float]]:
             _shrink_norm(mod, np.arange(width) < k, site.dim)
         shape = list(site.shape)
         shape[site.dim] = k
-        x = torch.randn(shape, dtype=site.module.weight.dtype)
+        x = torch.randn(shape, dtype=site.dtype)
         if site.nhwc:
             x = x.to(memory_format=torch.channels_last)
         return mod, (x,)
 
-    return _curve(point, GRID, timer, cols=(1.0,))
+    return _curve(point, site.widths, timer, cols=(1.0,))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sparseprune.structured import plan
-from sparseprune.structured.latency import GRID, NORM_SHAPE
+from sparseprune.structured.latency import NORM_SHAPE, _norm_seconds
 from sparseprune.structured.norms import PrunedLayerNorm
 
 from .models import ViT, randomize_bn
@@ -64,18 +64,22 @@ def test_shrunk_layer_norms_cost_what_the_surgery_leaves(cache):
     assert norms and len(table.norm_items) == len(norms)
     tokens = 2 * ((32 // 8) ** 2 + 1)
     full = UNIT * tokens * 64  # one unpruned norm over [2, 17, 64]
-    for times, atoms in table.norm_items:
+    for times, atoms, fractions in table.norm_items:
         assert times.shape == NORM_SHAPE and atoms.size == 64
+        assert fractions == (16 / 64, 32 / 64, 63 / 64, 1.0)
         # full width: the norm's own time inside the model; shrunk: a PrunedLayerNorm
-        np.testing.assert_allclose(times[:, 0], [2 * full, 2 * full, full], rtol=1e-9)
+        np.testing.assert_allclose(times[:, 0], [2 * full] * 3 + [full], rtol=1e-9)
+        # a step, not a line to the full width: one channel removed already costs the pad
+        assert _norm_seconds(times[:, 0], fractions, 0.9) == pytest.approx(2 * full)
+        assert _norm_seconds(times[:, 0], fractions, 1.0) == pytest.approx(full)
     ones = np.ones(table.costs.full().size)
     base = table.latency(ones)
     # shrinking only the embedding width (the norms' channels) makes the norms dearer,
     # while the layers reading and writing that width get cheaper
-    width = np.unique(np.concatenate([a for _, a in table.norm_items]))
+    width = np.unique(np.concatenate([a for _, a, _ in table.norm_items]))
     half = ones.copy()
     half[width[: width.size // 2]] = 0.0
-    norm_half = sum(float(np.interp(half[a].mean(), GRID, t[:, 0])) for t, a in table.norm_items)
+    norm_half = sum(_norm_seconds(t[:, 0], f, half[a].mean()) for t, a, f in table.norm_items)
     assert norm_half == pytest.approx(2 * full * len(norms))
     assert table.latency(half) < base
     # the surgery's model agrees: its norms are PrunedLayerNorms wherever the width shrank
@@ -106,3 +110,14 @@ def test_norm_tables_are_cached_and_bad_entries_measured_again(cache):
     # one norm's curve again: its full width at least once, each shrunk fraction PAIRS times
     assert clock.norms > reused
     assert np.array(json.loads(path.read_text())[keys[0]]).shape == NORM_SHAPE
+
+
+def test_timing_a_norm_leaves_the_users_hooks_alone(cache):
+    torch.manual_seed(0)
+    model = randomize_bn(ViT()).eval()
+    seen = []
+    model.norm.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
+    x = torch.randn(2, 3, 32, 32)
+    plan(model, x, latency=0.7, calibrate=0, timer=NormClock(), progress=False)
+    # only the model's own forwards (trace, input shapes, the split), all at full width
+    assert seen and set(seen) == {(2, 17, 64)}
