@@ -43,7 +43,7 @@ from .._cache import cache_dir
 from .._modules import eval_mode
 from .budget import CostModel
 from .graph import DependencyGraph
-from .wallclock import WallClock, time_call
+from .wallclock import WallClock, median_known, time_call
 
 __all__ = ["LatencyModel", "WallClock", "time_call"]  # the clock lives in wallclock.py
 
@@ -359,21 +359,13 @@ def _curve(point, grid: tuple, timer: WallClock, cols: tuple | None = None
                 top = timer.layer(full, full_inputs)
                 tops.append(top)
                 ratios.append(t / top if top > 0 else 1.0)
-                if len(ratios) >= PAIRS and (_known(ratios, POINT_REL_ERROR)
+                if len(ratios) >= PAIRS and (median_known(ratios, POINT_REL_ERROR)
                                              or time.perf_counter() - start > POINT_MAX_TIME):
                     break
             row.append(float(np.median(ratios)))
         table.append(row)
     level = float(np.median(tops))
     return [[level if r is None else r * level for r in row] for row in table]
-
-
-def _known(ratios: list[float], rel_error: float) -> bool:
-    """Whether the median of ``ratios`` is known to ``rel_error``: the standard error of a
-    median, sqrt(pi / 2) * sd / sqrt(n), relative to it."""
-    r = np.asarray(ratios, dtype=np.float64)
-    med = float(np.median(r))
-    return r.size > 1 and 1.2533 * float(r.std(ddof=1)) / np.sqrt(r.size) <= rel_error * abs(med)
 
 
 def _valid_table(entry, shape: tuple = (len(GRID), len(GRID))) -> bool:

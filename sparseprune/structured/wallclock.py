@@ -11,7 +11,7 @@ from torch import nn
 
 from .._modules import eval_mode
 
-__all__ = ["WallClock", "time_call"]
+__all__ = ["WallClock", "median_known", "time_call"]
 
 
 def time_call(fn, repeats: int = 3) -> float:
@@ -116,8 +116,14 @@ class WallClock:
                     break
                 if len(ts) < 2:
                     continue  # a spread needs two pairs
-                r = np.array(ts) / np.array(tb)
-                # standard error of a median: sqrt(pi / 2) * sd / sqrt(n)
-                if 1.2533 * r.std(ddof=1) / np.sqrt(r.size) <= self.rel_error * np.median(r):
+                if median_known(np.array(ts) / np.array(tb), self.rel_error):
                     break
         return ts, tb
+
+
+def median_known(ratios, rel_error: float) -> bool:
+    """Whether the median of ``ratios`` is known to ``rel_error``: the standard error of a
+    median, sqrt(pi / 2) * sd / sqrt(n), relative to it (two values at least)."""
+    r = np.asarray(ratios, dtype=np.float64)
+    return r.size > 1 and 1.2533 * float(r.std(ddof=1)) / np.sqrt(r.size) <= rel_error * abs(
+        float(np.median(r)))
