@@ -27,12 +27,9 @@ within the tolerance of the budget.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import platform
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +40,12 @@ from .._cache import cache_dir
 from .._modules import eval_mode
 from .budget import CostModel
 from .graph import DependencyGraph
-from .wallclock import WallClock, median_known, time_call
+from .latency_curves import GRID, TABLE_VERSION, _bilinear, _curve, _valid_table
+from .latency_norms import NORM_SHAPE, _measure_norm, _norm_seconds, _shrinkable_layer_norms
+from .wallclock import WallClock, time_call
 
-__all__ = ["LatencyModel", "WallClock", "time_call"]  # the clock lives in wallclock.py
-
-GRID = (0.25, 0.5, 1.0)
+# The clock lives in wallclock.py, the grid timing in latency_curves.py, norms in latency_norms.py
+__all__ = ["LatencyModel", "WallClock", "time_call"]
 
 
 def channels_last(model: nn.Module) -> bool:
@@ -320,191 +318,3 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple:
         return self.attn(x, x, x, need_weights=self.need_weights)
-
-
-# Each grid point is timed interleaved with the full-width module at least PAIRS times, then
-# until the median ratio is known to POINT_REL_ERROR (standard error), PAIRS_MAX pairs or
-# POINT_MAX_TIME seconds: single ratios of a 3 ms Linear scatter 0.18-0.31 on a shared VM, and
-# tables of two pairs per point put one 30 % ViT-B plan at 0.97-1.05 of its budget.
-PAIRS = 3
-PAIRS_MAX = 8
-POINT_REL_ERROR = 0.02
-POINT_MAX_TIME = 1.5
-TABLE_VERSION = "ratio-curves-3"  # in every cache key: older tables are measured again
-
-
-def _curve(point, grid: tuple, timer: WallClock, cols: tuple | None = None
-           ) -> list[list[float]]:
-    """``point(f_row, f_col) -> (module, inputs)`` timed on ``grid`` x ``cols`` (default
-    ``grid``; the last of each is the full width): each point as
-    its median ratio to the full-width module over ``PAIRS`` or more interleaved timings, times the
-    full module's median. A curve timed point by point drifts with the machine (±9 % over
-    seconds on a shared VM: three fresh ViT-B tables predicted 0.48-0.57 for one plan); as
-    ratios, 0.50-0.52."""
-    cols = grid if cols is None else cols
-    full, full_inputs = point(grid[-1], cols[-1])
-    tops = [timer.layer(full, full_inputs)]
-    table = []
-    for fr in grid:
-        row = []
-        for fc in cols:
-            if fr == grid[-1] and fc == cols[-1]:
-                row.append(None)
-                continue
-            module, inputs = point(fr, fc)
-            ratios: list[float] = []
-            start = time.perf_counter()
-            while len(ratios) < PAIRS_MAX:
-                t = timer.layer(module, inputs)
-                top = timer.layer(full, full_inputs)
-                tops.append(top)
-                ratios.append(t / top if top > 0 else 1.0)
-                if len(ratios) >= PAIRS and (median_known(ratios, POINT_REL_ERROR)
-                                             or time.perf_counter() - start > POINT_MAX_TIME):
-                    break
-            row.append(float(np.median(ratios)))
-        table.append(row)
-    level = float(np.median(tops))
-    return [[level if r is None else r * level for r in row] for row in table]
-
-
-def _valid_table(entry, shape: tuple = (len(GRID), len(GRID))) -> bool:
-    """A cached table fit to use: ``shape`` (GRID x GRID for layers and attention,
-    ``NORM_SHAPE`` for norms) finite positive seconds (anything else, from an older version or
-    an edited file, is measured again)."""
-    try:
-        table = np.array(entry, dtype=np.float64)
-    except (TypeError, ValueError):
-        return False
-    return table.shape == tuple(shape) and bool(np.isfinite(table).all()
-                                                          and (table > 0).all())
-
-
-def _bilinear(table: np.ndarray, fin: float, fout: float, rows: tuple = GRID,
-              cols: tuple = GRID) -> float:
-    """``table`` (timed at fractions ``rows`` x ``cols``, ascending) interpolated at
-    ``(fin, fout)``, clamped to the grid."""
-
-    def interp(v: float, g: np.ndarray) -> tuple[int, float]:
-        v = float(np.clip(v, g[0], g[-1]))
-        i = int(np.clip(np.searchsorted(g, v) - 1, 0, len(g) - 2))
-        span = g[i + 1] - g[i]
-        return i, (v - g[i]) / span if span > 0 else 0.0
-
-    i, a = interp(fin, np.asarray(rows, dtype=np.float64))
-    j, b = interp(fout, np.asarray(cols, dtype=np.float64))
-    return float(
-        table[i, j] * (1 - a) * (1 - b) + table[i + 1, j] * a * (1 - b)
-        + table[i, j + 1] * (1 - a) * b + table[i + 1, j + 1] * a * b
-    )
-
-
-# A norm's table: seconds at kept fractions NORM_GRID, the third being "all but one channel"
-# (one column). A PrunedLayerNorm pads back to the full width, so it costs about the same at any
-# kept width below full and drops at full width (ViT-B, [1, 197, 768]: 1.67x the unpruned norm
-# at 192 channels, 2.07x at 691, 2.14x at 767, 1.01x at 768): a line from 1/2 to the full width
-# would charge a norm missing a few channels as if it were whole.
-NORM_GRID = (0.25, 0.5, None, 1.0)
-NORM_SHAPE = (len(NORM_GRID), 1)
-
-
-def _norm_seconds(times: np.ndarray, fractions: tuple, kept: float) -> float:
-    """A norm's seconds at ``kept``: its full-width time when nothing is removed, else
-    interpolated over the shrunk points only (``fractions``: those timed, ascending)."""
-    if kept >= 1.0:
-        return float(times[-1])
-    return float(np.interp(kept, fractions[:-1], times[:-1]))
-
-
-@dataclass(frozen=True)
-class _NormSite:
-    """A LayerNorm the plan may shrink (into a ``PrunedLayerNorm``, which normalises over the
-    zero-padded full width: it costs more than the unpruned norm, norms.py), with its input."""
-
-    name: str
-    module: nn.Module
-    dim: int  # the normalised dim of its input
-    shape: tuple[int, ...]
-    dtype: torch.dtype  # of its input (may differ from the weight's in mixed precision)
-    nhwc: bool  # a 4-d input in channels_last memory format
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        """The kept widths timed, one per NORM_GRID entry."""
-        w = self.shape[self.dim]
-        return tuple(max(1, w - 1) if f is None else max(1, round(w * f)) for f in NORM_GRID)
-
-    @property
-    def fractions(self) -> tuple[float, ...]:
-        w = self.shape[self.dim]
-        return tuple(k / w for k in self.widths)
-
-    @property
-    def key(self) -> str:
-        m = self.module
-        layout = "|channels_last" if self.nhwc else ""
-        affine = f"weight {tuple(m.weight.shape)} bias {m.bias is not None}"
-        return (f"{type(m).__module__}.{type(m).__qualname__}|{m}|{affine}|{self.shape}|"
-                f"dim {self.dim}|{self.dtype}|weights {m.weight.dtype}{layout}|norm|"
-                f"{TABLE_VERSION}")
-
-
-def _shrinkable_layer_norms(graph: DependencyGraph) -> list[_NormSite]:
-    """The LayerNorms of ``graph.norms`` (RMSNorm shrinks like any layer: not timed), with the
-    input each gets on the example inputs (its first call)."""
-    names = [n for n in graph.norms if isinstance(graph.model.get_submodule(n), nn.LayerNorm)]
-    if not names:
-        return []  # no forward to run
-    seen: dict[str, torch.Tensor] = {}
-
-    def first_input(name: str):
-        def hook(mod, args) -> None:  # returns None: the input is left as it is
-            if args:
-                seen.setdefault(name, args[0])
-        return hook
-
-    hooks = [graph.model.get_submodule(n).register_forward_pre_hook(first_input(n))
-             for n in names]
-    try:
-        with eval_mode(graph.model), torch.no_grad():
-            graph.model(*graph.example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    sites = []
-    for n in names:
-        x = seen.get(n)
-        if isinstance(x, torch.Tensor) and x.dim() > 0:
-            nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-                memory_format=torch.channels_last)
-            sites.append(_NormSite(n, graph.model.get_submodule(n), graph.norm_dims.get(n, -1),
-                                   tuple(x.shape), x.dtype, nhwc))
-    return sites
-
-
-def _measure_norm(site: _NormSite, timer: WallClock) -> list[list[float]]:
-    """Seconds of the norm at the kept widths ``site.widths``, shrunk as the surgery leaves it
-    (``NORM_SHAPE``), without the user's hooks."""
-    from .surgery import _shrink_norm
-
-    width = site.shape[site.dim]
-
-    def point(k: int, _: float) -> tuple[nn.Module, tuple]:
-        mod = copy.deepcopy(site.module).eval()
-        for name, hooks in vars(mod).items():  # a copy shares the user's hook functions
-            if "hooks" in name and isinstance(hooks, dict):
-                hooks.clear()
-        if k < width:
-            for pname in ("weight", "bias"):
-                t = getattr(mod, pname, None)
-                if isinstance(t, nn.Parameter):
-                    setattr(mod, pname, nn.Parameter(t.detach()[:k].clone()))
-            _shrink_norm(mod, np.arange(width) < k, site.dim)
-        shape = list(site.shape)
-        shape[site.dim] = k
-        x = torch.randn(shape, dtype=site.dtype)
-        if site.nhwc:
-            x = x.to(memory_format=torch.channels_last)
-        return mod, (x,)
-
-    return _curve(point, site.widths, timer, cols=(1.0,))

@@ -296,7 +296,7 @@ def test_bad_cache_entries_are_measured_again(cache, bad):
     assert remeasured.shape == (3, 3) and (remeasured > 0).all()  # measured again, saved
     # the bad one timed again (its full width once, then each of the 8 other points against it
     # PAIRS times), the others not (the model split aside)
-    from sparseprune.structured.latency import PAIRS
+    from sparseprune.structured.latency_curves import PAIRS
 
     timed_calls = len({it.module for it in first.graph.macs_items
                        if it.module in first.graph.layer_inputs})
@@ -334,7 +334,8 @@ def test_grid_points_are_timed_against_the_full_width_so_drift_cancels():
     """A clock that runs 5 % slower on every call (a machine drifting while the table is
     measured): the curve, as ratios to the interleaved full-width timing, stays within one
     call's drift of the true shape; timed point by point it would be off by ~40 %."""
-    from sparseprune.structured.latency import GRID, LatencyModel
+    from sparseprune.structured.latency import LatencyModel
+    from sparseprune.structured.latency_curves import GRID
 
     class Drifting(MacClock):
         def __init__(self) -> None:
@@ -356,10 +357,11 @@ def test_grid_points_are_timed_against_the_full_width_so_drift_cancels():
 def test_noisy_grid_points_get_more_pairs_up_to_a_cap(monkeypatch):
     """A quiet clock stops each point at PAIRS pairs; one whose ratios scatter by ±20 % keeps
     timing until PAIRS_MAX, and the median stays near the true ratio."""
-    from sparseprune.structured import latency
-    from sparseprune.structured.latency import PAIRS, PAIRS_MAX, LatencyModel
+    from sparseprune.structured import latency_curves
+    from sparseprune.structured.latency import LatencyModel
+    from sparseprune.structured.latency_curves import PAIRS, PAIRS_MAX
 
-    monkeypatch.setattr(latency, "POINT_MAX_TIME", 1e9)  # a loaded machine: count, not time
+    monkeypatch.setattr(latency_curves, "POINT_MAX_TIME", 1e9)  # a loaded machine: count, not time
 
     class Noisy(MacClock):
         def __init__(self, spread: float) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sparseprune.structured import plan
-from sparseprune.structured.latency import NORM_SHAPE, _norm_seconds
+from sparseprune.structured.latency_norms import NORM_SHAPE, _norm_seconds
 from sparseprune.structured.norms import PrunedLayerNorm
 
 from .models import ViT, randomize_bn
